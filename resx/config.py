@@ -1,0 +1,208 @@
+"""Validated run configuration (design.md "Runs"; theory.md sections 1-3).
+
+A `RunConfig` is frozen; every field is checked in `__post_init__`, and a bad value raises
+`ConfigError` naming the field, the value and what is allowed. `to_dict`/`from_dict` serve the
+store, the URL and the command line.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+SYNTHETIC_DATASETS = ("teacher", "shapes")
+TORCHVISION_DATASETS = ("cifar10", "cifar100", "mnist", "fashion-mnist")
+DATASETS = SYNTHETIC_DATASETS + TORCHVISION_DATASETS + ("npz",)
+NUM_CLASSES = {"teacher": 10, "shapes": 10, "cifar10": 10, "cifar100": 100, "mnist": 10, "fashion-mnist": 10}
+IMAGE_DATASETS = ("shapes",) + TORCHVISION_DATASETS
+
+# Operator caps (design.md "What bad input gets"); a shared server may lower them, never raise.
+MAX_DEPTH = 64
+MAX_WIDTH = 4096
+MAX_N = 1_000_000
+
+
+class ConfigError(ValueError):
+    """A configuration value is out of range; names the field, the value and what is allowed."""
+
+    def __init__(self, field: str, value: Any, allowed: str):
+        self.field, self.value, self.allowed = field, value, allowed
+        super().__init__(f"{field}={value!r} is not allowed: {allowed}")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    # data (theory.md 1): S trains, P chooses the jumpboard, T tests; all independent
+    dataset: str = "teacher"          # one of DATASETS
+    npz_path: str = ""                # only for dataset="npz": arrays X (n, ...) and y (n,)
+    input_dim: int = 32               # teacher task: Gaussian input dimension
+    teacher_temperature: float = 1.0  # teacher task: labels ~ softmax(teacher(x) / T)
+    n: int = 2000                     # training sample S
+    n_probe: int = 2000               # probe sample P (direction and step of the jumpboard)
+    n_test: int = 2000                # test sample T
+    n_pop: int = 131072               # fresh sample for the population risk L (synthetic only), 2^17
+    augment: bool = False             # random crop + flip per batch (image datasets only)
+    # model (theory.md 2)
+    arch: str = "mlp"                 # "mlp" | "resnet"
+    depth: int = 4                    # residual blocks (resnet: blocks per stage, 6*depth+2 layers)
+    width: int = 64                   # mlp hidden width; resnet base channels w (stages w, 2w, 4w)
+    position: int = 2                 # insert after block `position` (0 = right after the stem)
+    # optimisation
+    optimizer: str = "adamw"          # "sgd" (momentum 0.9) | "adamw"
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"          # "constant" | "cosine" (per phase)
+    batch_size: int = 128
+    epochs: int = 20                  # base training
+    finetune_epochs: int = 5          # expanded model and control each get this many epochs
+    finetune: str = "block"           # "block": new block only | "all": every parameter
+    # theory (theory.md 4-8)
+    delta: float = 0.05               # confidence: guarantees hold with probability >= 1 - delta
+    bound: str = "grs"                # "grs" (Golowich et al. 2018) | "bft" (Bartlett et al. 2017)
+    # reproducibility and placement
+    seed: int = 0
+    device: str = "auto"              # "auto" | "cpu" | "cuda"
+
+    def __post_init__(self):
+        _check_choice("dataset", self.dataset, DATASETS)
+        if self.dataset == "npz" and not self.npz_path:
+            raise ConfigError("npz_path", self.npz_path, "a path to an .npz file when dataset='npz'")
+        _check_choice("arch", self.arch, ("mlp", "resnet"))
+        if self.arch == "resnet" and self.dataset == "teacher":
+            raise ConfigError("arch", self.arch, "'mlp' for the teacher task (vector inputs)")
+        _check_int("input_dim", self.input_dim, 1, 4096)
+        _check_float("teacher_temperature", self.teacher_temperature, 1e-3, 1e3)
+        _check_int("n", self.n, 2, MAX_N)
+        _check_int("n_probe", self.n_probe, 4, MAX_N)
+        _check_int("n_test", self.n_test, 2, MAX_N)
+        _check_int("n_pop", self.n_pop, 256, 1 << 22)
+        _check_bool("augment", self.augment)
+        _check_int("depth", self.depth, 1, MAX_DEPTH if self.arch == "mlp" else MAX_DEPTH // 4)
+        _check_int("width", self.width, 1, MAX_WIDTH if self.arch == "mlp" else 256)
+        _check_int("position", self.position, 0, self.num_positions - 1,
+                   f"an integer from 0 (after the stem) to {self.num_positions - 1} (after the last block)")
+        _check_choice("optimizer", self.optimizer, ("sgd", "adamw"))
+        _check_float("lr", self.lr, 1e-7, 10.0)
+        _check_float("weight_decay", self.weight_decay, 0.0, 1.0)
+        _check_choice("schedule", self.schedule, ("constant", "cosine"))
+        _check_int("batch_size", self.batch_size, 1, 65536)
+        _check_int("epochs", self.epochs, 1, 10_000)
+        _check_int("finetune_epochs", self.finetune_epochs, 0, 10_000)
+        _check_choice("finetune", self.finetune, ("block", "all"))
+        _check_float("delta", self.delta, 1e-6, 0.5)
+        _check_choice("bound", self.bound, ("grs", "bft"))
+        _check_int("seed", self.seed, 0, 2**31 - 1)
+        _check_choice("device", self.device, ("auto", "cpu", "cuda"))
+
+    @property
+    def num_blocks(self) -> int:
+        """Residual blocks in the old model (resnet: 3 stages of `depth`)."""
+        return self.depth if self.arch == "mlp" else 3 * self.depth
+
+    @property
+    def num_positions(self) -> int:
+        """Insertion points: after the stem and after every block."""
+        return self.num_blocks + 1
+
+    @property
+    def is_synthetic(self) -> bool:
+        return self.dataset in SYNTHETIC_DATASETS
+
+    @property
+    def num_classes(self) -> int:
+        """K, derived from the dataset (an .npz file: max label + 1, read from its `y`)."""
+        if self.dataset == "npz":
+            from .data import npz_num_classes
+            return npz_num_classes(self.npz_path)
+        return NUM_CLASSES[self.dataset]
+
+    def replace(self, **changes) -> "RunConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        """Build from a dict of field values; unknown keys and wrong types raise ConfigError."""
+        if not isinstance(d, dict):
+            raise ConfigError("config", type(d).__name__, "a JSON object of field values")
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        for key in d:
+            if key not in known:
+                raise ConfigError(str(key) or "<empty key>", d[key], f"one of the fields {sorted(known)}")
+        return cls(**{k: _coerce(k, v, known[k].type) for k, v in d.items()})
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """'key=value' from the command line -> (key, typed value), typed by the field."""
+    key, sep, raw = text.partition("=")
+    known = {f.name: f for f in dataclasses.fields(RunConfig)}
+    if not sep or key not in known:
+        raise ConfigError(key or text, raw, f"key=value with key one of {sorted(known)}")
+    kind = known[key].type
+    try:
+        if kind == "bool":
+            if raw.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise ValueError
+            value: Any = raw.lower() in ("1", "true", "yes")
+        elif kind == "int":
+            value = int(raw)
+        elif kind == "float":
+            value = float(raw)
+        else:
+            value = raw
+    except ValueError:
+        raise ConfigError(key, raw, f"a value of type {kind}") from None
+    return key, value
+
+
+def _coerce(name: str, value: Any, kind: str) -> Any:
+    ok = {"int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+          "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+          "bool": lambda v: isinstance(v, bool),
+          "str": lambda v: isinstance(v, str)}[kind]
+    if not ok(value):
+        raise ConfigError(name, value, f"a value of type {kind}")
+    return float(value) if kind == "float" else value
+
+
+def _check_choice(name, value, allowed):
+    if not isinstance(value, str) or value not in allowed:
+        raise ConfigError(name, value, f"one of {list(allowed)}")
+
+
+def _check_int(name, value, lo, hi, allowed=None):
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise ConfigError(name, value, allowed or f"an integer from {lo} to {hi}")
+
+
+def _check_float(name, value, lo, hi):
+    if (not isinstance(value, (int, float)) or isinstance(value, bool)
+            or not math.isfinite(value) or not lo <= value <= hi):
+        raise ConfigError(name, value, f"a finite number from {lo:g} to {hi:g}")
+
+
+def _check_bool(name, value):
+    if not isinstance(value, bool):
+        raise ConfigError(name, value, "true or false")
+
+
+# Named presets. Times are for 2 CPU cores (measured; README "Presets").
+PRESETS: dict[str, RunConfig] = {
+    # default: synthetic teacher, post-LN MLP; the whole pipeline in well under 60 s
+    "demo-mlp": RunConfig(),
+    # synthetic images, ResNet-8 (one block per stage), base channels 8
+    "demo-resnet": RunConfig(dataset="shapes", arch="resnet", depth=1, width=8, position=1, n=2000,
+                             n_probe=1000, n_test=1000, n_pop=8192, optimizer="sgd", lr=0.05,
+                             weight_decay=5e-4, batch_size=128, epochs=8, finetune_epochs=2),
+    # the paper's setting: ResNet-8 with base channel 4 on real data
+    "cifar10-resnet8": RunConfig(dataset="cifar10", arch="resnet", depth=1, width=4, position=1,
+                                 n=50000, n_probe=5000, n_test=5000, augment=True, optimizer="sgd",
+                                 lr=0.1, weight_decay=5e-4, batch_size=128, epochs=30, finetune_epochs=5),
+    "cifar100-resnet8": RunConfig(dataset="cifar100", arch="resnet", depth=1, width=4, position=1,
+                                  n=50000, n_probe=5000, n_test=5000, augment=True, optimizer="sgd",
+                                  lr=0.1, weight_decay=5e-4, batch_size=128, epochs=30, finetune_epochs=5),
+}
+DEFAULT_PRESET = "demo-mlp"

@@ -1,0 +1,193 @@
+"""One training loop for the old model, the expanded model and the control; risk evaluation.
+
+The loop emits `Record`s through a sink, checks a cancel flag every batch, and ends as
+`diverged` (with the step and the loss) when the loss goes non-finite. On CUDA it runs under
+bf16 autocast; on the CPU a seed makes a run reproducible.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from dataclasses import dataclass
+from typing import Iterable, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import RunConfig
+from .data import Split, TaskData, iterate_batches
+from .records import Record, RecordSink, discard
+
+log = logging.getLogger(__name__)
+
+EVAL_BATCH = 4096
+POP_CURVE_POINTS = 8192   # population sample used for the live curves; the final numbers use n_pop
+# A batch loss above DIVERGED_FACTOR * log K (46 nats for K = 10: the true class gets probability
+# e^-46 on average) means the run has blown up. A post-LN network rarely reaches inf or NaN,
+# since normalization bounds every activation; its loss explodes and stays there instead.
+DIVERGED_FACTOR = 20.0
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' was asked for but no CUDA device is available; use 'auto' or 'cpu'")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+@dataclass(frozen=True)
+class Risk:
+    """Mean cross-entropy on a sample with its standard error std/sqrt(m), and accuracy."""
+    loss: float
+    stderr: float
+    acc: float
+    m: int
+
+
+@torch.no_grad()
+def per_sample_losses(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                      batch_size: int = EVAL_BATCH) -> tuple[torch.Tensor, torch.Tensor]:
+    """l(f(x_i), y_i) and correctness for every i, eval mode, float32: (m,), (m,)."""
+    was = model.training
+    model.eval()
+    losses, correct = [], []
+    for i in range(0, len(x), batch_size):
+        with _autocast(x.device):
+            logits = model(x[i:i + batch_size])
+        logits = logits.float()
+        losses.append(F.cross_entropy(logits, y[i:i + batch_size], reduction="none"))
+        correct.append(logits.argmax(1) == y[i:i + batch_size])
+    model.train(was)
+    return torch.cat(losses), torch.cat(correct)
+
+
+def risk(model: nn.Module, split: Split) -> Risk:
+    """L_A(f) = mean_i l(f(x_i), y_i) on a sample A, with stderr = std / sqrt(m) (theory.md 1)."""
+    losses, correct = per_sample_losses(model, split.x, split.y)
+    m = len(losses)
+    se = losses.std().item() / math.sqrt(m) if m > 1 else float("nan")
+    return Risk(losses.mean().item(), se, correct.float().mean().item(), m)
+
+
+def draw_population(data: TaskData, n: int, seed: int) -> Optional[Split]:
+    """A fresh sample from D for the population risk (synthetic tasks); None for real data."""
+    if data.sampler is None:
+        return None
+    g = torch.Generator().manual_seed(seed)
+    x, y = data.sampler(n, g)
+    return Split(x, y)
+
+
+class Evaluator:
+    """Emits L_S, L_T (and L on a population sample) as records; used at every epoch end."""
+
+    def __init__(self, data: TaskData, population: Optional[Split]):
+        self.data = data
+        self.population = None
+        if population is not None:
+            k = min(len(population), POP_CURVE_POINTS)
+            self.population = Split(population.x[:k], population.y[:k])
+
+    def __call__(self, model: nn.Module, phase: str, step: int, sink: RecordSink) -> dict[str, Risk]:
+        splits = {"S": self.data.S, "T": self.data.T}
+        if self.population is not None:
+            splits["pop"] = self.population
+        out = {}
+        for name, split in splits.items():
+            r = risk(model, split)
+            out[name] = r
+            sink(Record(phase, step, name, "loss", r.loss, r.stderr))
+            sink(Record(phase, step, name, "acc", r.acc))
+        return out
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    status: str          # "done" | "diverged" | "cancelled"
+    steps: int
+    last_loss: float
+    message: str = ""
+
+
+def make_optimizer(params: list[nn.Parameter], cfg: RunConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_at(step: int, total: int, cfg: RunConfig) -> float:
+    """Constant, or cosine from lr to 0 over the phase: lr * (1 + cos(pi * step / total)) / 2."""
+    if cfg.schedule == "constant" or total <= 0:
+        return cfg.lr
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+
+
+def train(model: nn.Module, data: TaskData, cfg: RunConfig, *, phase: str, epochs: int,
+          params: Optional[Iterable[nn.Parameter]] = None, sink: RecordSink = discard,
+          cancel: Optional[threading.Event] = None, evaluator: Optional[Evaluator] = None,
+          seed: Optional[int] = None) -> TrainOutcome:
+    """Minimise L_S over `params` (default: all) for `epochs` passes over S.
+
+    Ends as "diverged" when a batch loss is non-finite or above DIVERGED_FACTOR * log K.
+    Records: "batch_loss" about ten times an epoch, "lr", "progress" (0..1), and the evaluator's
+    L_S / L_T / L at step 0 and after every epoch.
+    """
+    params = [p for p in (model.parameters() if params is None else params)]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = make_optimizer(params, cfg)
+    generator = torch.Generator().manual_seed(cfg.seed if seed is None else seed)
+    steps_per_epoch = math.ceil(len(data.S) / cfg.batch_size)
+    total = steps_per_epoch * epochs
+    log_every = max(1, steps_per_epoch // 10)
+    augment = cfg.augment and data.is_image
+    step, last_loss = 0, float("nan")
+    diverged_above = DIVERGED_FACTOR * math.log(data.num_classes)
+
+    if evaluator is not None:
+        evaluator(model, phase, 0, sink)
+    model.train()
+    try:
+        for epoch in range(epochs):
+            for x, y in iterate_batches(data.S, cfg.batch_size, generator, augment=augment):
+                if cancel is not None and cancel.is_set():
+                    return TrainOutcome("cancelled", step, last_loss, f"cancelled at step {step}")
+                lr = lr_at(step, total, cfg)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                with _autocast(x.device):
+                    loss = F.cross_entropy(model(x).float(), y)
+                last_loss = loss.item()
+                if not math.isfinite(last_loss) or last_loss > diverged_above:
+                    msg = (f"diverged at step {step} of {phase}: loss {last_loss:.4g} "
+                           f"(non-finite or above {diverged_above:.1f} = {DIVERGED_FACTOR:g} log K; lr {cfg.lr:g})")
+                    log.warning(msg)
+                    sink(Record(phase, step, "S", "diverged_loss", last_loss))
+                    return TrainOutcome("diverged", step, last_loss, msg)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                step += 1
+                if step % log_every == 0 or step == total:
+                    sink(Record(phase, step, "S", "batch_loss", last_loss))
+                    sink(Record(phase, step, "", "lr", lr))
+                    sink(Record(phase, step, "", "progress", step / total))
+            if evaluator is not None:
+                risks = evaluator(model, phase, step, sink)
+                if not math.isfinite(risks["S"].loss):
+                    msg = f"diverged at step {step} of {phase}: L_S {risks['S'].loss}"
+                    return TrainOutcome("diverged", step, risks["S"].loss, msg)
+    finally:
+        for p in model.parameters():
+            p.requires_grad_(True)
+    return TrainOutcome("done", step, last_loss)
+
+
+def _autocast(device: torch.device):
+    """bf16 autocast on CUDA; a no-op on the CPU (so CPU runs are exact and reproducible)."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")

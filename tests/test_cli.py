@@ -1,0 +1,67 @@
+"""The command line: a real run writes a valid result.json; bad input gets one clear line."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from resx.config import RunConfig
+from resx.pipeline import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["n=300", "n_probe=200", "n_test=200", "n_pop=2048", "epochs=2", "finetune_epochs=1", "width=16"]
+
+
+def _resx(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "resx", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_run_demo_mlp_writes_a_valid_result(tmp_path):
+    """`run --preset demo-mlp` with small overrides writes result.json with every required key and loadable checkpoints."""
+    args = ["run", "--preset", "demo-mlp", "--out", str(tmp_path)]
+    for s in SMALL:
+        args += ["--set", s]
+    proc = _resx(*args)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "result.json").read_text())
+    cfg = RunConfig.from_dict(result["config"])
+    assert cfg.n == 300 and cfg.width == 16
+    assert result["status"] == "done"
+    for name in ("old", "new", "control"):
+        r = result[name]
+        assert set(r) >= {"L_S", "L_T", "L_pop", "L_pop_se"}
+        assert r["L_pop"] > 0 and r["L_pop_se"] > 0
+    ins = result["insertion"]
+    assert ins["position"] == cfg.position and ins["max_abs_logit_diff"] < 1e-4
+    assert ins["live_parameters"] == [f"blocks.{cfg.position}.w2.weight", f"blocks.{cfg.position}.w2.bias"]
+    assert result["timings"]["train_base"] > 0
+    new = load_checkpoint(tmp_path, "new", cfg, result["input_shape"], result["num_classes"])
+    assert len(new.blocks) == cfg.depth + 1
+    x = torch.randn(4, *result["input_shape"])
+    assert new(x).shape == (4, result["num_classes"])
+
+
+def test_bad_input_gets_one_clear_line_and_exit_2(tmp_path):
+    """An invalid value or a missing data folder prints one 'error:' line naming the problem, no traceback."""
+    proc = _resx("run", "--set", "depth=0", "--out", str(tmp_path))
+    assert proc.returncode == 2
+    assert "error: depth=0 is not allowed" in proc.stderr and "Traceback" not in proc.stderr
+    env_missing = {"RESX_DATA_DIR": str(tmp_path / "nowhere")}
+    proc = subprocess.run([sys.executable, "-m", "resx", "run", "--preset", "cifar10-resnet8", "--out", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120, env={**_env(), **env_missing})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert str(tmp_path / "nowhere") in proc.stderr
+
+
+def test_presets_lists_every_preset():
+    """`presets` prints every preset with its configuration as JSON."""
+    proc = _resx("presets")
+    assert proc.returncode == 0
+    for name in ("demo-mlp", "demo-resnet", "cifar10-resnet8", "cifar100-resnet8"):
+        assert name in proc.stdout
+
+
+def _env():
+    import os
+    return {k: v for k, v in os.environ.items() if k not in ("RESX_ALLOW_DOWNLOAD",)}

@@ -1,0 +1,79 @@
+"""The training loop: divergence, cancellation, reproducibility, records."""
+import threading
+
+import torch
+
+from resx.config import RunConfig
+from resx.data import load_data
+from resx.models import build_model
+from resx.train import Evaluator, draw_population, lr_at, train
+
+SMALL = RunConfig(n=256, n_probe=64, n_test=128, n_pop=1024, width=16, depth=2, position=1,
+                  epochs=2, finetune_epochs=1, batch_size=64)
+
+
+def _setup(cfg):
+    torch.manual_seed(cfg.seed)
+    data = load_data(cfg, "cpu")
+    return data, build_model(cfg, data.input_shape, data.num_classes)
+
+
+def test_a_diverging_learning_rate_ends_as_diverged():
+    """SGD at a huge learning rate ends as 'diverged' with the step and the non-finite loss."""
+    cfg = SMALL.replace(optimizer="sgd", lr=10.0, weight_decay=0.0, schedule="constant", epochs=20)
+    data, model = _setup(cfg)
+    records = []
+    out = train(model, data, cfg, phase="base", epochs=cfg.epochs, sink=records.append)
+    assert out.status == "diverged"
+    assert "diverged at step" in out.message and str(out.steps) in out.message
+    assert any(r.name == "diverged_loss" for r in records)
+    _, fresh = _setup(cfg)
+    assert train(fresh, data, cfg.replace(lr=0.01), phase="base", epochs=2).status == "done"
+
+
+def test_cancel_stops_within_one_batch():
+    """Setting the cancel flag stops training before the next batch; the steps taken so far are reported."""
+    data, model = _setup(SMALL)
+    cancel = threading.Event()
+    steps = []
+
+    def sink(record):
+        if record.name == "progress":
+            steps.append(record.step)
+            cancel.set()
+
+    out = train(model, data, SMALL, phase="base", epochs=5, sink=sink, cancel=cancel)
+    assert out.status == "cancelled"
+    assert out.steps == steps[0]
+
+
+def test_a_seed_makes_a_cpu_run_reproducible():
+    """Two CPU runs with the same seed end with identical weights; another seed differs."""
+    def final_weights(seed):
+        cfg = SMALL.replace(seed=seed)
+        data, model = _setup(cfg)
+        train(model, data, cfg, phase="base", epochs=1)
+        return torch.cat([p.flatten() for p in model.parameters()])
+
+    a, b, c = final_weights(0), final_weights(0), final_weights(1)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_training_lowers_the_training_loss_and_emits_curves():
+    """Training lowers L_S and emits L_S, L_T and population-risk records with standard errors."""
+    data, model = _setup(SMALL.replace(epochs=4))
+    population = draw_population(data, 1024, seed=1)
+    records = []
+    train(model, data, SMALL, phase="base", epochs=4, sink=records.append, evaluator=Evaluator(data, population))
+    ls = [r.value for r in records if r.split == "S" and r.name == "loss"]
+    assert len(ls) == 5 and ls[-1] < ls[0]
+    pop = [r for r in records if r.split == "pop" and r.name == "loss"]
+    assert len(pop) == 5 and all(r.stderr > 0 for r in pop)
+
+
+def test_cosine_schedule_runs_from_lr_to_zero():
+    """The cosine schedule starts at lr, is lr/2 halfway, and ends at 0."""
+    cfg = SMALL.replace(lr=0.2, schedule="cosine")
+    assert lr_at(0, 100, cfg) == 0.2
+    assert abs(lr_at(50, 100, cfg) - 0.1) < 1e-12 and lr_at(100, 100, cfg) < 1e-12
+    assert lr_at(70, 100, cfg.replace(schedule="constant")) == 0.2
