@@ -76,18 +76,70 @@ class ProgressBar:
 
 
 def cmd_run(args) -> int:
+    """Run the pipeline, recording it in the store (shared with the app) unless --no-store."""
     from .pipeline import run_pipeline
+    from .store import RecordWriter, Store
 
     cfg = build_config(args.preset, args.config, args.set or [])
-    out = Path(args.out) if args.out else Path("resx-runs") / time.strftime("%Y%m%d-%H%M%S")
+    store = None if args.no_store else Store()
+    run_id = store.create_run(cfg.to_dict(), source="cli") if store else time.strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out) if args.out else (store.home / "runs" / run_id if store else Path("resx-runs") / run_id)
+    writer = RecordWriter(store, run_id) if store else None
     bar = ProgressBar()
+
+    def sink(record: Record):
+        bar(record)
+        if writer:
+            writer(record)
+
+    if store:
+        store.set_status(run_id, "running")
     try:
-        result = run_pipeline(cfg, sink=bar, out_dir=out)
+        result = run_pipeline(cfg, sink=sink, out_dir=out)
+    except BaseException as e:
+        if store:
+            writer.close()
+            status = "cancelled" if isinstance(e, KeyboardInterrupt) else "failed"
+            store.set_status(run_id, status, f"{type(e).__name__}: {e}")
+        raise
     finally:
         bar.close()
+    if store:
+        writer.close()
+        store.set_result(run_id, result)
+        for path in sorted(p for p in out.iterdir() if p.is_file()):
+            store.add_artifact(run_id, path.name, path)
+        store.set_status(run_id, result["status"], result.get("message"))
+        print(f"run {run_id} recorded in {store.path}", file=sys.stderr)
     print(json.dumps(summary(result), indent=2))
     print(f"wrote {out / 'result.json'}", file=sys.stderr)
     return 0 if result["status"] == "done" else 1
+
+
+def cmd_runs(args) -> int:
+    """List, show or export runs from the store."""
+    from .store import Store
+
+    store = Store()
+    if args.action == "list":
+        for run in store.list_runs(status=args.status):
+            cfg = run["config"]
+            print(f"{run['id']}  {run['status']:<11} {run['source']:<4} {cfg.get('dataset')}/{cfg.get('arch')} "
+                  f"depth={cfg.get('depth')} width={cfg.get('width')} position={cfg.get('position')}  {run['created']}")
+        return 0
+    if not args.id:
+        raise ConfigError("ID", None, f"a run id after 'runs {args.action}' (see 'runs list')")
+    run = store.get_run(args.id)
+    if run is None:
+        raise ConfigError("ID", args.id, "the id of a run in the store (see 'runs list')")
+    if args.action == "show":
+        print(json.dumps(run, indent=2, default=str))
+        return 0
+    fmt = "json" if args.json else "csv"
+    out = Path(args.out or f"{args.id}.{fmt}")
+    (store.export_json if args.json else store.export_csv)(args.id, out)
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
 
 
 def summary(result: dict) -> dict:
@@ -119,8 +171,16 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument("--preset", help=f"one of {sorted(PRESETS)} (default {DEFAULT_PRESET})")
     run.add_argument("--config", help="a JSON file of RunConfig fields")
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one field; repeatable")
-    run.add_argument("--out", help="output folder (default resx-runs/<time>)")
+    run.add_argument("--out", help="output folder (default $RESX_HOME/runs/<run id>)")
+    run.add_argument("--no-store", action="store_true", help="do not record the run in the store")
     run.set_defaults(func=cmd_run)
+    runs = sub.add_parser("runs", help="the run history shared with the app: list | show ID | export ID")
+    runs.add_argument("action", choices=("list", "show", "export"))
+    runs.add_argument("id", nargs="?", help="a run id (show, export)")
+    runs.add_argument("--status", help="list only runs with this status")
+    runs.add_argument("--json", action="store_true", help="export JSON (run, config, result, metrics) instead of CSV")
+    runs.add_argument("--out", help="export file (default ID.csv or ID.json)")
+    runs.set_defaults(func=cmd_runs)
     presets = sub.add_parser("presets", help="list the presets and their configurations")
     presets.set_defaults(func=cmd_presets)
     return parser
@@ -134,3 +194,6 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,5 +1,6 @@
 """The command line: a real run writes a valid result.json; bad input gets one clear line."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["n=300", "n_probe=200", "n_test=200", "n_pop=2048", "epochs=2", "finetune_epochs=1", "width=16"]
 
 
-def _resx(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "resx", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+def _resx(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "resx", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, **(env or {})})
 
 
 def test_run_demo_mlp_writes_a_valid_result(tmp_path):
@@ -22,7 +24,7 @@ def test_run_demo_mlp_writes_a_valid_result(tmp_path):
     args = ["run", "--preset", "demo-mlp", "--out", str(tmp_path)]
     for s in SMALL:
         args += ["--set", s]
-    proc = _resx(*args)
+    proc = _resx(*args, env={"RESX_HOME": str(tmp_path / "home")})
     assert proc.returncode == 0, proc.stderr
     result = json.loads((tmp_path / "result.json").read_text())
     cfg = RunConfig.from_dict(result["config"])
@@ -48,8 +50,7 @@ def test_bad_input_gets_one_clear_line_and_exit_2(tmp_path):
     assert proc.returncode == 2
     assert "error: depth=0 is not allowed" in proc.stderr and "Traceback" not in proc.stderr
     env_missing = {"RESX_DATA_DIR": str(tmp_path / "nowhere")}
-    proc = subprocess.run([sys.executable, "-m", "resx", "run", "--preset", "cifar10-resnet8", "--out", str(tmp_path)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120, env={**_env(), **env_missing})
+    proc = _resx("run", "--preset", "cifar10-resnet8", "--no-store", "--out", str(tmp_path), env=env_missing)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert str(tmp_path / "nowhere") in proc.stderr
 
@@ -62,6 +63,20 @@ def test_presets_lists_every_preset():
         assert name in proc.stdout
 
 
-def _env():
-    import os
-    return {k: v for k, v in os.environ.items() if k not in ("RESX_ALLOW_DOWNLOAD",)}
+def test_cli_runs_land_in_the_store_and_export(tmp_path):
+    """A command-line run is recorded in the store; `runs list/show/export` read it back."""
+    env = {"RESX_HOME": str(tmp_path)}
+    args = ["run", "--set", "n=200", "--set", "n_pop=1024", "--set", "epochs=1", "--set", "finetune_epochs=1"]
+    assert _resx(*args, env=env).returncode == 0
+    listing = _resx("runs", "list", env=env)
+    run_id = listing.stdout.split()[0]
+    assert "done" in listing.stdout
+    shown = json.loads(_resx("runs", "show", run_id, env=env).stdout)
+    assert shown["status"] == "done" and shown["result"]["config"]["n"] == 200
+    out = tmp_path / "export.json"
+    assert _resx("runs", "export", run_id, "--json", "--out", str(out), env=env).returncode == 0
+    exported = json.loads(out.read_text())
+    assert any(m["name"] == "loss" and m["split"] == "pop" for m in exported["metrics"])
+    assert (tmp_path / "runs" / run_id / "result.json").exists()
+    missing = _resx("runs", "show", "no-such-run", env=env)
+    assert missing.returncode == 2 and "no-such-run" in missing.stderr
