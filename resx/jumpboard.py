@@ -1,0 +1,296 @@
+"""The jumpboard model, its line search, and the jump margins (theory.md section 6).
+
+Named step "preview": f_J = f_new(.; theta_old, phi0 + eta* d), d = -G_P / ||G_P|| with G_P the
+live-parameter gradient on the probe sample P, eta* = argmin of L_P over a log-spaced grid. P is
+independent of theta_old, so the direction and the step see the population, not what the old
+model memorised of S; S and T are evaluated along the path for display and never choose.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import NamedTuple, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .margins import normalised_branch
+from .models import BasicBlock
+from .train import per_sample_losses, risk
+
+GRID_POINTS = 24           # log-spaced step sizes, plus eta = 0 as the reference
+GRID_RANGE = (1e-3, 1e1)   # in units of `step_scale`: from "no visible change" to "past any Taylor regime"
+MIN_FIT_POINTS = 4         # the quadratic fit uses at least the 4 smallest steps
+
+
+# ---------------------------------------------------------------------------------------------
+# moving phi from phi0 along d: the finite-difference check (theory.md 4)
+
+class DifferenceQuotient(NamedTuple):
+    t: float
+    quotient: float   # (L(phi0 + t d) - L(phi0)) / t
+    slope: float      # the first-order prediction <G, d> = -||G||
+    one_sided: float  # the exact one-sided derivative D(d) (= slope for mlp; resnet adds the kink term)
+
+
+def mean_loss(model: nn.Module, x, y, batch_size: int = 4096) -> torch.Tensor:
+    """Mean cross-entropy in the model's own dtype, eval mode (train.risk casts logits to float32,
+    too coarse for a difference quotient at small t)."""
+    was = model.training
+    model.eval()
+    total = 0.0
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            total = total + F.cross_entropy(model(x[i:i + batch_size]), y[i:i + batch_size], reduction="sum")
+    model.train(was)
+    return total / len(x)
+
+
+def live_gradient(f_new: nn.Module, position: int, x, y, batch_size: int = 4096) -> dict[str, torch.Tensor]:
+    """G = grad of the mean loss over (x, y) w.r.t. the new block's live parameters, by autograd,
+    eval mode, in the model's dtype: {name inside the block: tensor}."""
+    block = f_new.blocks[position]
+    names = tuple(block.live_parameters)
+    params = [block.get_parameter(n) for n in names]
+    flags = [p.requires_grad for p in params]
+    was = f_new.training
+    f_new.eval()
+    total = [torch.zeros_like(p) for p in params]
+    try:
+        with torch.enable_grad():
+            for p in params:
+                p.requires_grad_(True)
+            for i in range(0, len(x), batch_size):
+                loss = F.cross_entropy(f_new(x[i:i + batch_size]), y[i:i + batch_size], reduction="sum")
+                for acc, g in zip(total, torch.autograd.grad(loss, params)):
+                    acc += g
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
+        f_new.train(was)
+    return {n: g / len(x) for n, g in zip(names, total)}
+
+
+@torch.no_grad()
+def set_live_(f_new: nn.Module, position: int, phi0: dict, direction: dict, eta: float):
+    """Live parameters of the new block := phi0 + eta d (in place)."""
+    block = f_new.blocks[position]
+    for name, p in phi0.items():
+        block.get_parameter(name).copy_(p + eta * direction[name])
+
+
+def one_sided_slope(f_new: nn.Module, position: int, x, y, direction: dict, batch_size: int = 1024) -> float:
+    """D(d) = lim_{t -> 0+} (L(phi0 + t d) - L(phi0)) / t on (x, y), at phi0, in closed form (ours).
+
+    mlp: the new block is smooth in (W2, b2) at phi0, so D(d) = <G, d>. resnet: the block's output
+    ReLU(h + Delta) sits at its kink wherever h = 0 (a ReLU output: 38-50% of entries measured), and
+    ReLU(0 + t Delta) = t max(Delta, 0), so D(d) = <G, d> + (1/n) sum_{i, h = 0} g max(Delta(d), 0)
+    with Delta(d) = d_gamma zhat + d_beta the branch's response; autograd's G (ReLU'(0) = 0) omits
+    that term. The loss is piecewise smooth, not differentiable, at a resnet phi0.
+    """
+    block = f_new.blocks[position]
+    if any(block.get_parameter(n).detach().abs().max().item() != 0.0 for n in block.live_parameters):
+        raise ValueError(f"the block at position {position} is not at phi0; D(d) is derived there")
+    G = live_gradient(f_new, position, x, y)
+    linear = sum((G[n] * direction[n]).sum() for n in G).item()
+    if not isinstance(block, BasicBlock):
+        return linear
+    kink, grabbed = 0.0, {}
+    handles = [block.register_forward_pre_hook(lambda m, args: grabbed.__setitem__("h", args[0].detach())),
+               block.register_forward_hook(lambda m, args, out: grabbed.__setitem__("out", out))]
+    was = f_new.training
+    f_new.eval()
+    try:
+        for i in range(0, len(x), batch_size):
+            with torch.enable_grad():
+                xb = x[i:i + batch_size].detach().requires_grad_(True)   # so `out` is in a graph
+                loss = F.cross_entropy(f_new(xb), y[i:i + batch_size], reduction="sum")
+                g = torch.autograd.grad(loss, grabbed["out"])[0]              # (n, C, H, W)
+            with torch.no_grad():
+                h = grabbed["h"]
+                zhat = normalised_branch(block, h)                            # (n, C, H, W)
+                response = direction["bn2.weight"][:, None, None] * zhat + direction["bn2.bias"][:, None, None]
+                kink += (g * (h == 0) * F.relu(response)).sum().item()
+    finally:
+        for handle in handles:
+            handle.remove()
+        f_new.train(was)
+    return linear + kink / len(x)
+
+
+def finite_difference_check(f_new: nn.Module, position: int, x, y, t_values=(1e-2, 1e-3, 1e-4)
+                            ) -> list[DifferenceQuotient]:
+    """(L(phi0 + t d) - L(phi0)) / t along d = -G/||G|| on (x, y) (theory.md 4). It tends to the
+    one-sided derivative D(d) with an error O(t): D(d) = -||G|| for mlp; for resnet D(d) adds the
+    ReLU-kink term of `one_sided_slope`. f_new is restored afterwards.
+    """
+    block = f_new.blocks[position]
+    G = live_gradient(f_new, position, x, y)
+    norm = torch.sqrt(sum((g * g).sum() for g in G.values()))
+    d = {n: -g / norm for n, g in G.items()}
+    exact = one_sided_slope(f_new, position, x, y, d)
+    phi0 = {n: block.get_parameter(n).detach().clone() for n in G}
+    L0 = mean_loss(f_new, x, y)
+    out = []
+    try:
+        for t in t_values:
+            set_live_(f_new, position, phi0, d, t)
+            quotient = ((mean_loss(f_new, x, y) - L0) / t).item()
+            out.append(DifferenceQuotient(float(t), quotient, -norm.item(), exact))
+    finally:
+        set_live_(f_new, position, phi0, d, 0.0)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the line search (theory.md 6)
+
+@dataclass
+class JumpboardResult:
+    """The line search along d and the jumpboard f_J at eta* (theory.md 6).
+
+    curve: one dict per eta with L_S, L_P, L_T, L_pop, L_pop_se (None without a population),
+    first_order = L_P(phi0) + eta D_P(d) (D_P the one-sided derivative on P: -||G_P|| for mlp,
+    -||G_P|| plus the ReLU-kink term for resnet, see margins.one_sided_slope),
+    quadratic = a + b eta + c eta^2 fitted to L_P on the small-eta part (eta <= max(eta*, 4th
+    smallest eta)).
+    """
+    eta: float                       # eta*, chosen on P only
+    position: int
+    direction: dict                  # {live name: tensor}, unit norm over all live parameters
+    curve: list
+    model: nn.Module                 # f_J
+    L_S: float
+    L_P: float
+    L_T: float
+    L_pop: Optional[float]
+    L_pop_se: Optional[float]
+    kappa_P: float                   # ||G_P||
+    slope_P: float                   # D_P(d), the exact initial rate of L_P along d (= -kappa_P for mlp)
+    step_scale: float                # the unit of the eta grid
+    quadratic_coef: tuple = field(default=(math.nan, math.nan, math.nan))   # (a, b, c)
+
+    def to_dict(self) -> dict:
+        """Everything but the model and the direction tensors (JSON-ready)."""
+        d = {k: v for k, v in self.__dict__.items() if k not in ("model", "direction")}
+        d["quadratic_coef"] = list(self.quadratic_coef)
+        return d
+
+
+def step_scale(f_new: nn.Module, position: int) -> float:
+    """sqrt(p_new) x the RMS of the old blocks' live parameters: the size a trained block's
+    live parameters have, so the grid is in natural units (ours; 1.0 if that is zero)."""
+    new = f_new.blocks[position]
+    old = [b for i, b in enumerate(f_new.blocks) if i != position]
+    values = [b.get_parameter(n).detach().reshape(-1) for b in old for n in b.live_parameters]
+    p_new = sum(new.get_parameter(n).numel() for n in new.live_parameters)
+    rms = torch.cat(values).pow(2).mean().sqrt().item() if values else 0.0
+    return math.sqrt(p_new) * rms if rms > 0 else 1.0
+
+
+def default_etas(scale: float) -> list[float]:
+    """0 and GRID_POINTS log-spaced steps from GRID_RANGE[0] to GRID_RANGE[1] times `scale`."""
+    lo, hi = GRID_RANGE
+    return [0.0] + [float(e) * scale for e in np.logspace(math.log10(lo), math.log10(hi), GRID_POINTS)]
+
+
+def jumpboard_path(f_new: nn.Module, position: int, S, P, T, population=None, etas=None,
+                   seed: int = 0) -> JumpboardResult:
+    """Line search from phi0 along d = -G_P/||G_P|| (theory.md 6; the construction is the paper's,
+    the grid and the fit are ours). eta* = argmin_eta L_P (eta = 0 included, so f_J = f_new when no
+    step lowers L_P); S, T and the population are only evaluated. f_new is not modified.
+
+    `seed` is accepted for the uniform step signature; the path itself is deterministic.
+    """
+    del seed
+    block = f_new.blocks[position]
+    G = live_gradient(f_new, position, P.x, P.y)                         # on P only
+    kappa = torch.sqrt(sum((g.double() ** 2).sum() for g in G.values())).item()
+    if kappa == 0.0:
+        raise ValueError(f"G_P = 0 at position {position}: no descent direction on P")
+    direction = {n: -g / kappa for n, g in G.items()}
+    slope = one_sided_slope(f_new, position, P.x, P.y, direction)
+    phi0 = {n: block.get_parameter(n).detach().clone() for n in G}
+    scale = step_scale(f_new, position)
+    etas = sorted(set([0.0] + [float(e) for e in (default_etas(scale) if etas is None else etas)]))
+    if etas[0] < 0:
+        raise ValueError(f"etas must be >= 0; got {etas[0]}")
+
+    work = copy.deepcopy(f_new)
+    curve = []
+    for eta in etas:
+        set_live_(work, position, phi0, direction, eta)
+        row = {"eta": eta, "L_S": risk(work, S).loss, "L_P": risk(work, P).loss, "L_T": risk(work, T).loss,
+               "L_pop": None, "L_pop_se": None}
+        if population is not None:
+            r = risk(work, population)
+            row["L_pop"], row["L_pop_se"] = r.loss, r.stderr
+        curve.append(row)
+
+    best = min(range(len(curve)), key=lambda i: curve[i]["L_P"])       # first minimum: smallest eta
+    eta_star = curve[best]["eta"]
+    L0 = curve[0]["L_P"]
+    a, b, c = _quadratic_fit(etas, [r["L_P"] for r in curve], max(best + 1, MIN_FIT_POINTS))
+    for row in curve:
+        row["first_order"] = L0 + row["eta"] * slope
+        row["quadratic"] = a + b * row["eta"] + c * row["eta"] ** 2
+
+    set_live_(work, position, phi0, direction, eta_star)
+    at = curve[best]
+    return JumpboardResult(eta=eta_star, position=position, direction=direction, curve=curve, model=work,
+                           L_S=at["L_S"], L_P=at["L_P"], L_T=at["L_T"], L_pop=at["L_pop"],
+                           L_pop_se=at["L_pop_se"], kappa_P=kappa, slope_P=slope, step_scale=scale,
+                           quadratic_coef=(a, b, c))
+
+
+def _quadratic_fit(etas, losses, points: int) -> tuple[float, float, float]:
+    """Least-squares a + b eta + c eta^2 on the first `points` (eta, loss) pairs."""
+    e = np.asarray(etas[:points], dtype=np.float64)
+    L = np.asarray(losses[:points], dtype=np.float64)
+    if len(e) < 3:
+        return (math.nan, math.nan, math.nan)
+    coef, *_ = np.linalg.lstsq(np.stack([np.ones_like(e), e, e * e], 1), L, rcond=None)
+    return tuple(float(v) for v in coef)
+
+
+def jump_margins(f_old: nn.Module, f_J: nn.Module, T, population=None, delta: float = 0.05,
+                 loss_bound: Optional[float] = None) -> dict:
+    """Delta_R = L(f_old) - L(f_J) and Delta_R^T = L_T(f_old) - L_T(f_J) (theory.md 6).
+
+    Both are paired differences on one sample, so their stderr is std_i(l_old,i - l_J,i)/sqrt(m)
+    (much smaller than either risk's). With `loss_bound` c (every loss in [0, c], from the bounds
+    module), the per-sample difference lies in [-c, c] and Hoeffding gives, with probability
+    >= 1 - delta, |Delta_R^T - Delta_R| <= 2 c sqrt(log(2/delta) / (2 m)) (valid because f_J was
+    chosen on P, independent of T); Delta_R_T_lower = Delta_R^T minus that half-width.
+    Delta_R and its se are None without a population sample (real data). Also returned: the
+    risks themselves, L_T_old, L_T_J, L_pop_old, L_pop_J.
+    """
+    out = _paired(f_old, f_J, T, "Delta_R_T")
+    m = len(T.y)
+    out["m"] = m
+    out["delta"] = delta
+    out["Delta_R_T_hoeffding"] = None
+    out["Delta_R_T_lower"] = None
+    if loss_bound is not None:
+        half = 2.0 * loss_bound * math.sqrt(math.log(2.0 / delta) / (2.0 * m))
+        out["Delta_R_T_hoeffding"] = half
+        out["Delta_R_T_lower"] = out["Delta_R_T"] - half
+    if population is not None:
+        out.update(_paired(f_old, f_J, population, "Delta_R"))
+    else:
+        out.update({"Delta_R": None, "Delta_R_se": None, "L_pop_old": None, "L_pop_J": None})
+    return out
+
+
+def _paired(f_old, f_J, split, name: str) -> dict:
+    old, _ = per_sample_losses(f_old, split.x, split.y)
+    new, _ = per_sample_losses(f_J, split.x, split.y)
+    diff = (old - new).double()
+    m = len(diff)
+    se = diff.std().item() / math.sqrt(m) if m > 1 else math.nan
+    where = name.removeprefix("Delta_R").lstrip("_") or "pop"
+    return {name: diff.mean().item(), f"{name}_se": se,
+            f"L_{where}_old": old.double().mean().item(), f"L_{where}_J": new.double().mean().item()}

@@ -1,0 +1,282 @@
+"""Descent margins (theory.md sections 3-4): closed forms, finite differences, estimator statistics."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import resx.margins as margins
+import resx.models as models
+from resx.data import Split
+from resx.jumpboard import finite_difference_check
+from resx.margins import (FactoredGrads, block_gradients, block_gradients_reference, cross_fit,
+                          descent_margins, naive_sq_norm, population_margins,
+                          u_statistic)
+from resx.models import MLP, LN_EPS, ResNet, activations_at, candidate_block, insert_block
+
+D, K = 8, 4   # teacher task of the statistical tests: inputs in R^8, 4 classes
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one torch thread, since two OpenMP threads stall when the other core is busy."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def teacher(n: int, generator: torch.Generator) -> Split:
+    """x ~ N(0, I_D), y ~ softmax(W x) for a fixed random linear teacher W (K, D)."""
+    W = torch.randn(K, D, generator=torch.Generator().manual_seed(1234))
+    x = torch.randn(n, D, generator=generator)
+    y = torch.multinomial(torch.softmax(x @ W.T, 1), 1, generator=generator).squeeze(1)
+    return Split(x, y)
+
+
+def trained_mlp(steps: int, n: int = 2000, seed: int = 0) -> MLP:
+    """MLP(width 16, depth 3) after `steps` full-batch Adam steps on a teacher sample, eval mode."""
+    torch.manual_seed(seed)
+    model = MLP(D, 16, 3, K)
+    S = teacher(n, torch.Generator().manual_seed(seed + 1))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        opt.zero_grad()
+        F.cross_entropy(model(S.x), S.y).backward()
+        opt.step()
+    return model.eval()
+
+
+def small_model(arch: str):
+    """A float64 model with data: mlp (width 16, depth 3) or resnet (width 4, depth 1, 8x8 images),
+    BN statistics calibrated on x so eval mode is a realistic state."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    if arch == "mlp":
+        model, x = MLP(D, 16, 3, K), torch.randn(64, D, generator=g)
+    else:
+        model, x = ResNet(3, 4, 1, K), torch.randn(48, 3, 8, 8, generator=g)
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.momentum = None
+        with torch.no_grad():
+            model.train()(x)
+    y = torch.randint(0, K, (len(x),), generator=g)
+    return model.double().eval(), x.double(), y
+
+
+def _all_candidates(model, x):
+    return {k: candidate_block(model, k, x, seed=0) for k in range(len(model.blocks) + 1)}
+
+
+# ---------------------------------------------------------------------------------------------
+# closed form against autograd
+
+@pytest.mark.parametrize("arch", ["mlp", "resnet"])
+def test_one_pass_closed_form_equals_one_at_a_time_autograd(arch):
+    """At every position the one-pass closed form equals torch.func per-sample gradients of the inserted block (resnet to 1e-10; mlp to a few times the LayerNorm-epsilon perturbation r_k)."""
+    model, x, y = small_model(arch)
+    candidates = _all_candidates(model, x)
+    one_pass = block_gradients(model, x, y, None, candidates, batch_size=20)   # several chunks
+    for k, block in candidates.items():
+        ref = block_gradients_reference(model, x, y, k, block)
+        got = one_pass[k].flat()
+        assert got.shape == ref.shape
+        err = ((got - ref).abs().max() / ref.abs().max()).item()
+        if arch == "resnet":
+            assert err < 1e-10, (k, err)
+        else:
+            # the inserted N moves the downstream input h_k by the factor 1/sqrt(var(h_k) + eps)
+            h = activations_at(model, x, k)
+            r = (1 / torch.sqrt(h.var(-1, unbiased=False) + LN_EPS) - 1).abs().max().item()
+            assert err < 5 * r + 1e-12, (k, err, r)
+            assert err < 1e-5, (k, err)
+
+
+def test_mlp_closed_form_is_exact_without_layernorm_epsilon(monkeypatch):
+    """With LayerNorm eps = 0 a zero mlp block is the identity on normalized h, and the closed form matches autograd to 1e-10."""
+    monkeypatch.setattr(models, "LN_EPS", 0.0)
+    monkeypatch.setattr(margins, "LN_EPS", 0.0)
+    model, x, y = small_model("mlp")
+    candidates = _all_candidates(model, x)
+    one_pass = block_gradients(model, x, y, None, candidates)
+    for k, block in candidates.items():
+        ref = block_gradients_reference(model, x, y, k, block)
+        assert ((one_pass[k].flat() - ref).abs().max() / ref.abs().max()).item() < 1e-10
+
+
+def test_factored_statistics_equal_those_of_the_materialised_matrix():
+    """mean, squared norms and dots from the mlp factors (delta, a) equal those of the explicit (n, p) gradients."""
+    g = torch.Generator().manual_seed(0)
+    q = FactoredGrads(torch.randn(30, 5, generator=g, dtype=torch.float64),
+                      torch.randn(30, 5, generator=g, dtype=torch.float64))
+    dense = q.flat()
+    G = dense.mean(0)
+    torch.testing.assert_close(q.mean(), G)
+    torch.testing.assert_close(q.sq_norms(), (dense ** 2).sum(1))
+    torch.testing.assert_close(q.dots(G), dense @ G)
+    n = len(dense)
+    U = (n ** 2 * G.dot(G) - (dense ** 2).sum()) / (n * (n - 1))
+    assert u_statistic(q).value == pytest.approx(U.item(), rel=1e-10)
+    assert u_statistic(dense).value == pytest.approx(U.item(), rel=1e-10)
+    a = cross_fit(q, torch.Generator().manual_seed(3))
+    b = cross_fit(dense, torch.Generator().manual_seed(3))
+    assert a.value == pytest.approx(b.value, rel=1e-10) and a.stderr == pytest.approx(b.stderr, rel=1e-10)
+
+
+def test_streamed_population_margin_equals_the_in_memory_u_statistic():
+    """The two-pass streamed U on a large sample gives the same value and stderr as u_statistic on the stored gradients."""
+    model = trained_mlp(20)
+    S = teacher(4000, torch.Generator().manual_seed(9))
+    candidates = _all_candidates(model, S.x)
+    stored = block_gradients(model, S.x, S.y, None, candidates)
+    streamed = population_margins(model, S, list(candidates), candidates, batch_size=512)
+    for k in candidates:
+        u = u_statistic(stored[k])
+        assert streamed[k].value == pytest.approx(u.value, rel=1e-8)
+        assert streamed[k].stderr == pytest.approx(u.stderr, rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# finite differences
+
+@pytest.mark.parametrize("arch", ["mlp", "resnet"])
+def test_difference_quotient_approaches_the_one_sided_derivative(arch):
+    """Along d = -G/||G|| the difference quotient at t = 1e-4 is within 1% of the one-sided derivative (mlp: the one-pass -||G||; resnet: -||G|| plus the ReLU-kink term), and its error shrinks with t."""
+    model, x, y = small_model(arch)
+    candidates = _all_candidates(model, x)
+    one_pass = block_gradients(model, x, y, None, candidates)
+    for k, block in candidates.items():
+        f_new, _ = insert_block(model, k, x, y, block=block)
+        slope = -one_pass[k].mean().norm().item()
+        rows = finite_difference_check(f_new, k, x, y, t_values=(1e-1, 1e-2, 1e-3, 1e-4))
+        assert rows[-1].slope == pytest.approx(slope, rel=1e-5)
+        if arch == "mlp":
+            assert rows[-1].one_sided == pytest.approx(slope, rel=1e-5)
+        assert abs(rows[-1].quotient / rows[-1].one_sided - 1) < 0.01, (k, rows)
+        errors = [abs(r.quotient - r.one_sided) for r in rows]
+        assert all(b < a for a, b in zip(errors, errors[1:])), (k, errors)
+        live = block.live_parameters[0]   # f_new is restored
+        torch.testing.assert_close(f_new.blocks[k].get_parameter(live), block.get_parameter(live))
+
+
+def test_resnet_loss_has_a_kink_at_phi0():
+    """For resnet the one-sided derivative along -G/||G|| differs from -||G|| (ReLU(h + Delta) at h = 0), and the difference quotient follows the former."""
+    model, x, y = small_model("resnet")
+    block = candidate_block(model, 2, x, seed=0)
+    f_new, _ = insert_block(model, 2, x, y, block=block)
+    row = finite_difference_check(f_new, 2, x, y, t_values=(1e-5,))[0]
+    assert abs(row.one_sided / row.slope - 1) > 0.05, row
+    assert abs(row.quotient / row.one_sided - 1) < 1e-3, row
+
+
+# ---------------------------------------------------------------------------------------------
+# estimator statistics over repeated probe samples
+
+def _repeat(model, candidates, reps, n, seed):
+    g = torch.Generator().manual_seed(seed)
+    out = {k: [] for k in candidates}
+    for _ in range(reps):
+        P = teacher(n, g)
+        for k, grads in block_gradients(model, P.x, P.y, None, candidates).items():
+            out[k].append((u_statistic(grads), cross_fit(grads, g), naive_sq_norm(grads)))
+    return out
+
+
+def _mean_se(values):
+    t = torch.tensor(values, dtype=torch.float64)
+    return t.mean().item(), t.std().item() / math.sqrt(len(t))
+
+
+def test_u_and_cross_fit_are_unbiased_and_naive_is_biased_by_trace_over_n():
+    """Over 100 probe samples (n_P = 200) the means of U_P and X_P are within 3 se of the population kappa^2 (2^16 points), the naive ||G_P||^2 exceeds it by tr(Sigma)/n_P within 30%, and the reported se matches the spread."""
+    model = trained_mlp(100)
+    candidates = _all_candidates(model, teacher(500, torch.Generator().manual_seed(2)).x)
+    big = teacher(2 ** 16, torch.Generator().manual_seed(3))
+    pop_grads = block_gradients(model, big.x, big.y, None, candidates, batch_size=8192)
+    n, reps = 200, 100
+    runs = _repeat(model, candidates, reps, n, seed=4)
+    for k in candidates:
+        pop = u_statistic(pop_grads[k])
+        trace_sigma = pop_grads[k].sq_norms().mean().item() - pop.value
+        U, U_se = _mean_se([u.value for u, _, _ in runs[k]])
+        X, X_se = _mean_se([x.value for _, x, _ in runs[k]])
+        naive, _ = _mean_se([v for _, _, v in runs[k]])
+        assert abs(U - pop.value) < 3 * math.hypot(U_se, pop.stderr), (k, U, pop)
+        assert abs(X - pop.value) < 3 * math.hypot(X_se, pop.stderr), (k, X, pop)
+        assert abs((naive - pop.value) / (trace_sigma / n) - 1) < 0.3, (k, naive, pop.value, trace_sigma)
+        spread = U_se * math.sqrt(reps)
+        reported = sum(u.stderr for u, _, _ in runs[k]) / reps
+        assert 0.6 < spread / reported < 1.3, (k, spread, reported)
+
+
+def test_observed_flag_is_calibrated_under_the_score_identity_null():
+    """With labels y ~ softmax(f_old(x)) the population G is 0, and over 120 probe samples the flag fires in at most delta + 3 sd of them at each position while the naive estimate is always positive."""
+    model = trained_mlp(30)
+    candidates = _all_candidates(model, teacher(500, torch.Generator().manual_seed(2)).x)
+    g = torch.Generator().manual_seed(5)
+    delta, reps, n = 0.05, 120, 200
+    fired = {k: 0 for k in candidates}
+    U_values = {k: [] for k in candidates}
+    for _ in range(reps):
+        x = teacher(n, g).x
+        with torch.no_grad():
+            y = torch.multinomial(torch.softmax(model(x), 1), 1, generator=g).squeeze(1)
+        for k, grads in block_gradients(model, x, y, None, candidates).items():
+            U = u_statistic(grads, delta)
+            fired[k] += U.lcb > 0
+            U_values[k].append(U.value)
+            assert naive_sq_norm(grads) > 0
+    limit = delta + 3 * math.sqrt(delta * (1 - delta) / reps)
+    for k in candidates:
+        assert fired[k] / reps <= limit, (k, fired[k])
+        mean, se = _mean_se(U_values[k])
+        assert abs(mean) < 3 * se, (k, mean, se)
+
+
+def test_u_stderr_shrinks_like_one_over_sqrt_n():
+    """The stderr of U_P at n_P = 4000 is about half of that at n_P = 1000 (averaged over 32 probe samples each)."""
+    model = trained_mlp(0)
+    candidates = _all_candidates(model, teacher(500, torch.Generator().manual_seed(2)).x)
+    g = torch.Generator().manual_seed(6)
+
+    def mean_se(n):
+        ses = {k: 0.0 for k in candidates}
+        for _ in range(32):
+            P = teacher(n, g)
+            for k, grads in block_gradients(model, P.x, P.y, None, candidates).items():
+                ses[k] += u_statistic(grads).stderr / 32
+        return ses
+
+    small, large = mean_se(1000), mean_se(4000)
+    for k in candidates:
+        assert 1.7 < small[k] / large[k] < 2.3, (k, small[k] / large[k])
+
+
+# ---------------------------------------------------------------------------------------------
+# the step
+
+def test_a_model_fitted_to_S_shows_a_smaller_training_margin_than_the_probe_margin():
+    """After the old model is fitted to a small S, ||G_S||^2 is below U_P at every position, U_P is observed, and to_dict is flat."""
+    torch.manual_seed(0)
+    model = MLP(D, 32, 3, K)
+    S = teacher(64, torch.Generator().manual_seed(1))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(300):
+        opt.zero_grad()
+        F.cross_entropy(model(S.x), S.y).backward()
+        opt.step()
+    model.eval()
+    P = teacher(2000, torch.Generator().manual_seed(2))
+    pop = teacher(8192, torch.Generator().manual_seed(3))
+    result = descent_margins(model, S, P, pop, delta=0.05, seed=0)
+    assert [m.position for m in result] == [0, 1, 2, 3]
+    for m in result:
+        assert m.kappa2_train_naive < m.kappa2_U.value, m.to_dict()
+        assert m.observed == (m.kappa2_U.lcb > 0)
+        d = m.to_dict()
+        assert {"kappa2_U", "kappa2_U_se", "kappa2_U_lcb", "kappa2_cross", "kappa2_train_U", "kappa2_pop",
+                "kappa2_pop_se", "observed"} <= set(d)
+        assert all(not isinstance(v, (dict, torch.Tensor)) for v in d.values())
+        assert set(m.G_P) == {"w2.weight", "w2.bias"}
+    assert any(m.observed for m in result)
