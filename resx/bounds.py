@@ -1,0 +1,695 @@
+"""Complexity terms and the two test-risk guarantees (theory.md sections 7-8; docs/theory_bounds.md).
+
+What is the paper's and what is ours:
+- [paper] the loss bound c from norm control (Remark N.4), eps_X with a Rademacher term, the two
+  routes A and B and their verdicts.
+- [resx] every number inside R_n: which norm-based bound, how residual blocks and normalization
+  layers enter it, how biases and convolutions are handled. These are this project's
+  formalization, built from Maurer (2016), Golowich-Rakhlin-Shamir (2018) and
+  Bartlett-Foster-Telgarsky (2017); none of them is "the paper's bound". Each step that is not a
+  theorem for these architectures is named in the docstring of `complexity` and in the docs.
+
+Every norm is computed in float64. Budgets (norms, distances, B_x, B_h, LayerNorm variances) are
+measured at the model on S: the classes are "all networks whose budgets are at most those of this
+model" (no union bound over budgets is added; docs/theory_bounds.md says what that costs).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .models import LN_EPS, MLP, BasicBlock, PostLNBlock, ResNet
+
+L_CE = math.sqrt(2.0)                   # ||grad_z l(z, y)|| = ||softmax(z) - e_y|| <= sqrt(2)
+CONTRACTION = math.sqrt(2.0) * L_CE     # Maurer 2016: R(l o F) <= sqrt(2) L_l sum_j R(F_j) = 2 sum_j R(F_j)
+BOUNDS = ("grs", "bft")
+CITATIONS = {
+    "maurer": "A. Maurer, A vector-contraction inequality for Rademacher complexities, ALT 2016 (Corollary 1)",
+    "grs": "N. Golowich, A. Rakhlin, O. Shamir, Size-independent sample complexity of neural networks, "
+           "COLT 2018 (Theorem 1)",
+    "bft": "P. Bartlett, D. Foster, M. Telgarsky, Spectrally-normalized margin bounds for neural networks, "
+           "NeurIPS 2017 (Theorem 3.3 and Lemma A.5)",
+}
+VERDICTS = ("strict", "no_worse", "not_certified")
+
+
+# ---------------------------------------------------------------------------------------------
+# loss bound c (theory.md 7, [paper] Remark N.4)
+
+@torch.no_grad()
+def loss_bound(model: nn.Module, x_S: torch.Tensor, arch: Optional[str] = None, batch_size: int = 1024) -> dict:
+    """c = log K + 2 B_z with B_z = max_j (||W_head,j|| B_h + |b_j|), so every loss is in [0, c].
+
+    l(z, y) = logsumexp(z) - z_y <= log K + max_j z_j - z_y <= log K + 2 max_j |z_j|, and
+    |z_j| <= ||W_j|| ||h|| + |b_j| with ||h|| <= B_h. B_h = sqrt(w) for mlp (a LayerNorm output
+    without affine has ||h||^2 = w var/(var + eps) < w; [paper] norm control); for resnet B_h is
+    the measured max ||features(x)|| over S (flagged `B_h_measured`). Also returned, as observed
+    counterparts: `max_feature_norm` and `max_abs_logit` on S.
+    """
+    arch = arch or _arch_of(model)
+    W = model.head.weight.detach().double()                    # (K, D)
+    b = model.head.bias.detach().double()                      # (K,)
+    feats = _batched(model, x_S, batch_size, model.features)   # (n, D)
+    measured = feats.double().norm(dim=1).max().item()
+    if arch == "mlp":
+        B_h, is_measured = math.sqrt(W.shape[1]), False
+    else:
+        B_h, is_measured = measured, True
+    B_z_j = W.norm(dim=1) * B_h + b.abs()                      # (K,)
+    K = W.shape[0]
+    logits = feats.double() @ W.T + b
+    B_z = B_z_j.max().item()
+    return {"B_h": B_h, "B_h_measured": is_measured, "max_feature_norm": measured,
+            "B_z": B_z, "B_z_per_class": B_z_j.tolist(), "K": K, "c": math.log(K) + 2.0 * B_z,
+            "max_abs_logit": logits.abs().max().item()}
+
+
+# ---------------------------------------------------------------------------------------------
+# the network as stages and weight layers (shared by GRS, BFT and the Lipschitz bound)
+
+@dataclass
+class _Stage:
+    name: str
+    grs: float        # factor in the GRS product
+    lip: float        # Lipschitz factor (LayerNorm: on points whose pre-norm variance is >= the min on S)
+    peels: int        # factor-2 peeling steps it costs in GRS (ReLU and LayerNorm layers)
+    note: str
+
+
+@dataclass
+class _Weight:
+    name: str
+    stage: int        # index of its stage
+    dist21: float     # ||[A, b] - [M, b0]||_{2,1}: sum over output units of the row distance (BFT)
+    spec: float       # operator-norm bound of the linear map x -> A x
+    x_sq: float       # sum over S of the squared norm of its (augmented) input; patches for convs
+    after: float      # Lipschitz factor from its output to its stage's output
+    dims: tuple       # (augmented input dim, output dim): BFT's W is the largest
+
+
+@dataclass
+class _Net:
+    stages: list
+    weights: list
+    head_W: torch.Tensor      # (K, D) float64
+    head_b: torch.Tensor      # (K,)
+    head_ref: torch.Tensor    # (K, D + 1): reference [W, b]
+    head_x_sq: float          # sum over S of ||features||^2 + 1
+    B_x: float                # max ||x|| on S
+    B_x_aug: float            # the same with the stem's constant input (bias augmentation)
+    B_h: float                # sqrt(w) (mlp) or max ||features|| on S (resnet)
+    B_h_measured: bool
+    n: int
+
+
+def _describe(model: nn.Module, x_S: torch.Tensor, reference: Optional[nn.Module], batch_size: int) -> _Net:
+    if reference is not None and len(reference.blocks) != len(model.blocks):
+        raise ValueError(f"reference has {len(reference.blocks)} blocks and the model {len(model.blocks)}: "
+                         "pass f_new at phi0 (the expanded model right after insert_block, before fine-tuning)")
+    was = model.training
+    model.eval()
+    if reference is not None:
+        was_ref = reference.training
+        reference.eval()
+    try:
+        if isinstance(model, MLP):
+            return _describe_mlp(model, x_S, reference, batch_size)
+        if isinstance(model, ResNet):
+            return _describe_resnet(model, x_S, reference, batch_size)
+        raise TypeError(f"no bound for a {type(model).__name__}; expected MLP or ResNet")
+    finally:
+        model.train(was)
+        if reference is not None:
+            reference.train(was_ref)
+
+
+@torch.no_grad()
+def _describe_mlp(model: MLP, x_S, ref, batch_size) -> _Net:
+    for blk in model.blocks:
+        if not isinstance(blk, PostLNBlock):
+            raise TypeError(f"mlp blocks must be PostLNBlock, got {type(blk).__name__}")
+    sq: dict[str, float] = {}
+    var_min: dict[str, float] = {}
+    B_x = 0.0
+    for i in range(0, len(x_S), batch_size):
+        x = x_S[i:i + batch_size].flatten(1).double()                       # (b, d)
+        B_x = max(B_x, x.norm(dim=1).max().item())
+        _acc(sq, "stem", x)
+        v = F.linear(x, model.stem.weight.double(), model.stem.bias.double())   # (b, w) pre-norm
+        _min(var_min, "stem", v.var(dim=1, unbiased=False))
+        h = F.layer_norm(v, v.shape[-1:], eps=LN_EPS)
+        for l, blk in enumerate(model.blocks):
+            _acc(sq, f"blocks.{l}.w1", h)
+            a = F.relu(F.linear(h, blk.w1.weight.double(), blk.w1.bias.double()))
+            _acc(sq, f"blocks.{l}.w2", a)
+            v = h + F.linear(a, blk.w2.weight.double(), blk.w2.bias.double())
+            _min(var_min, f"blocks.{l}", v.var(dim=1, unbiased=False))
+            h = F.layer_norm(v, v.shape[-1:], eps=LN_EPS)
+        _acc(sq, "head", h)
+    n = len(x_S)
+    stages, weights = [], []
+
+    def ln_factor(name):                                     # 1/sqrt(min var + eps) over S
+        return 1.0 / math.sqrt(var_min[name] + LN_EPS)
+
+    A, M = _affine(model.stem), _affine(_sub(ref, "stem"))
+    s, inv = _spec(model.stem.weight), ln_factor("stem")
+    stages.append(_Stage("stem", _spec(A) * inv, s * inv, 1,
+                         f"Linear then LayerNorm; 1/sqrt(min var + eps) = {inv:.4g} on S"))
+    weights.append(_Weight("stem", 0, _dist21(A, M), s, sq["stem"] + n, inv, tuple(A.shape[::-1])))
+    for l, blk in enumerate(model.blocks):
+        name = f"blocks.{l}"
+        A1, M1 = _affine(blk.w1), _affine(_sub(ref, f"{name}.w1"))
+        A2, M2 = _affine(blk.w2), _affine(_sub(ref, f"{name}.w2"))
+        s1, s2, inv = _spec(blk.w1.weight), _spec(blk.w2.weight), ln_factor(name)
+        k = len(stages)
+        stages.append(_Stage(name, (1.0 + _spec(A2) * _frob(A1)) * inv, (1.0 + s1 * s2) * inv, 2,
+                             f"N(h + W2 relu(W1 h + b1) + b2); 1/sqrt(min var + eps) = {inv:.4g} on S"))
+        weights.append(_Weight(f"{name}.w1", k, _dist21(A1, M1), s1, sq[f"{name}.w1"] + n, s2 * inv,
+                               tuple(A1.shape[::-1])))
+        weights.append(_Weight(f"{name}.w2", k, _dist21(A2, M2), s2, sq[f"{name}.w2"] + n, inv,
+                               tuple(A2.shape[::-1])))
+    head_ref = _affine(_sub(ref, "head"))
+    return _Net(stages, weights, model.head.weight.detach().double(), model.head.bias.detach().double(),
+                head_ref if head_ref is not None else torch.zeros(model.head.out_features, model.head.in_features + 1,
+                                                                  dtype=torch.float64, device=A.device),
+                sq["head"] + n, B_x, math.sqrt(B_x ** 2 + 1.0), math.sqrt(model.head.in_features), False, n)
+
+
+@torch.no_grad()
+def _describe_resnet(model: ResNet, x_S, ref, batch_size) -> _Net:
+    conv, bn = model.stem[0], model.stem[1]
+    sq: dict[str, float] = {}
+    hw: dict[str, tuple] = {}
+    B_x = B_h = 0.0
+    for i in range(0, len(x_S), batch_size):
+        x = x_S[i:i + batch_size]
+        B_x = max(B_x, x.double().flatten(1).norm(dim=1).max().item())
+        _acc(sq, "stem", x)
+        hw.setdefault("stem", tuple(x.shape[-2:]))
+        h = model.stem(x)                                                   # (b, w, H, W)
+        for l, blk in enumerate(model.blocks):
+            if not isinstance(blk, BasicBlock):
+                raise TypeError(f"resnet blocks must be BasicBlock, got {type(blk).__name__}")
+            name = f"blocks.{l}"
+            _acc(sq, f"{name}.conv1", h)
+            hw.setdefault(f"{name}.conv1", tuple(h.shape[-2:]))
+            a = F.relu(blk.bn1(blk.conv1(h)))
+            _acc(sq, f"{name}.conv2", a)
+            hw.setdefault(f"{name}.conv2", tuple(a.shape[-2:]))
+            if not isinstance(blk.shortcut, nn.Identity):
+                _acc(sq, f"{name}.shortcut", h)
+                hw.setdefault(f"{name}.shortcut", tuple(h.shape[-2:]))
+            h = F.relu(blk.shortcut(h) + blk.bn2(blk.conv2(a)))
+        hw.setdefault("pool", tuple(h.shape[-2:]))
+        phi = h.mean(dim=(2, 3))                                            # (b, 4w)
+        _acc(sq, "head", phi)
+        B_h = max(B_h, phi.double().norm(dim=1).max().item())
+    n = len(x_S)
+    stages, weights = [], []
+
+    def conv_terms(name, conv, bn):
+        c = _ConvBN(conv, bn, hw[name])
+        r = _ConvBN(*_conv_bn_modules(ref, name), hw[name]) if ref is not None else None
+        return c, c.dist21(r), c.patches * sq[name] + n * c.out_positions
+
+    c, dist, x_sq = conv_terms("stem", conv, bn)
+    stages.append(_Stage("stem", c.frob_unrolled, c.spec, 1, "conv3x3-BN-ReLU (unrolled Frobenius norm)"))
+    weights.append(_Weight("stem", 0, dist, c.spec, x_sq, 1.0, c.dims))
+    for l, blk in enumerate(model.blocks):
+        name = f"blocks.{l}"
+        k = len(stages)
+        c1, d1, x1 = conv_terms(f"{name}.conv1", blk.conv1, blk.bn1)
+        c2, d2, x2 = conv_terms(f"{name}.conv2", blk.conv2, blk.bn2)
+        grs_sc, lip_sc, sc_note = 1.0, 1.0, "identity shortcut"
+        if not isinstance(blk.shortcut, nn.Identity):
+            cs, ds, xs = conv_terms(f"{name}.shortcut", blk.shortcut[0], blk.shortcut[1])
+            grs_sc, lip_sc, sc_note = cs.spec_aug, cs.spec, "1x1 conv + BN shortcut"
+            weights.append(_Weight(f"{name}.shortcut", k, ds, cs.spec, xs, 1.0, cs.dims))
+        stages.append(_Stage(name, grs_sc + c2.spec_aug * c1.frob_unrolled, lip_sc + c1.spec * c2.spec, 2,
+                             f"ReLU(shortcut(h) + BN2 conv2 ReLU(BN1 conv1 h)); {sc_note}"))
+        weights.append(_Weight(f"{name}.conv1", k, d1, c1.spec, x1, c2.spec, c1.dims))
+        weights.append(_Weight(f"{name}.conv2", k, d2, c2.spec, x2, 1.0, c2.dims))
+    H, W = hw["pool"]
+    stages.append(_Stage("pool", 1.0 / math.sqrt(H * W), 1.0 / math.sqrt(H * W), 0,
+                         f"global average pool over {H}x{W}: operator norm 1/sqrt(HW)"))
+    head_ref = _affine(_sub(ref, "head"))
+    Hx, Wx = hw["stem"]
+    return _Net(stages, weights, model.head.weight.detach().double(), model.head.bias.detach().double(),
+                head_ref if head_ref is not None else torch.zeros(model.head.out_features, model.head.in_features + 1,
+                                                                  dtype=torch.float64,
+                                                                  device=model.head.weight.device),
+                sq["head"] + n, B_x, math.sqrt(B_x ** 2 + Hx * Wx), B_h, True, n)
+
+
+def _conv_bn_modules(model: nn.Module, name: str) -> tuple[nn.Conv2d, nn.BatchNorm2d]:
+    """The (conv, BN) pair a layer name refers to: "stem", "blocks.l.conv1|conv2|shortcut"."""
+    if name == "stem":
+        return model.stem[0], model.stem[1]
+    if name.endswith("shortcut"):
+        sc = model.get_submodule(name)
+        return sc[0], sc[1]
+    return model.get_submodule(name), model.get_submodule(name[:-5] + "bn" + name[-1])
+
+
+class _ConvBN:
+    """An eval-mode conv followed by BN as one affine map x -> conv(x; s W) + t (theory.md 7; ours).
+
+    s = gamma / sqrt(running_var + eps), t = beta - running_mean s: BN folded into the kernel.
+    Operator norm: ||conv||_2 <= min(ceil(k/stride) ||W_mat||_2, sum_taps ||W_tap||_2), W_mat the
+    (cout, cin k k) reshape: each output position applies W_mat to one patch and each input pixel
+    lies in at most ceil(k/stride)^2 patches; the second is Young's inequality over the k*k shifts.
+    Frobenius norm of the unrolled (Toeplitz) operator: exact, sum over taps of the number of
+    output positions where the tap is in bounds times ||W_tap||_F^2, plus (bias augmentation)
+    out_positions ||t||^2. Bias as an extra input channel of ones (its only nonzero tap the centre).
+    """
+
+    def __init__(self, conv: nn.Conv2d, bn: nn.BatchNorm2d, hw_in: tuple):
+        s = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
+        self.W = conv.weight.detach().double() * s[:, None, None, None]      # (cout, cin, k, k)
+        self.t = bn.bias.detach().double() - bn.running_mean.double() * s    # (cout,)
+        k, stride, pad = conv.kernel_size[0], conv.stride[0], conv.padding[0]
+        H, W = hw_in
+        rows, cols = _tap_counts(k, stride, pad, H), _tap_counts(k, stride, pad, W)
+        self.out_positions = len_out(H, k, stride, pad) * len_out(W, k, stride, pad)
+        cover = math.ceil(k / stride)
+        self.patches = cover * cover                  # max patches holding one input pixel
+        Wm = self.W.flatten(1)                        # (cout, cin k k)
+        self.A = torch.cat([Wm, self.t[:, None]], 1)  # (cout, cin k k + 1): augmented
+        taps = self.W.pow(2).sum(dim=(0, 1))          # (k, k): ||W_tap||_F^2
+        counts = torch.tensor(rows, dtype=torch.float64, device=taps.device)[:, None] * \
+            torch.tensor(cols, dtype=torch.float64, device=taps.device)[None, :]
+        self.frob_unrolled = math.sqrt((counts * taps).sum().item() + self.out_positions * self.t.pow(2).sum().item())
+        young = sum(_spec(self.W[:, :, i, j]) for i in range(k) for j in range(k))
+        self.spec = min(cover * _spec(Wm), young)
+        self.spec_aug = cover * _spec(self.A)
+        self.dims = (self.A.shape[1], self.A.shape[0])
+
+    def dist21(self, ref: Optional["_ConvBN"]) -> float:
+        return _dist21(self.A, ref.A if ref is not None else None)
+
+
+def len_out(size: int, k: int, stride: int, pad: int) -> int:
+    return (size + 2 * pad - k) // stride + 1
+
+
+def _tap_counts(k: int, stride: int, pad: int, size: int) -> list[int]:
+    """For each kernel offset i, the number of output positions r with 0 <= r*stride + i - pad < size."""
+    out = len_out(size, k, stride, pad)
+    return [sum(1 for r in range(out) if 0 <= r * stride + i - pad < size) for i in range(k)]
+
+
+def _sub(model: Optional[nn.Module], name: str):
+    return None if model is None else model.get_submodule(name)
+
+
+def _affine(lin) -> Optional[torch.Tensor]:
+    """[W, b] of an nn.Linear in float64, (out, in + 1); None for None."""
+    if lin is None:
+        return None
+    return torch.cat([lin.weight.detach().double(), lin.bias.detach().double()[:, None]], 1)
+
+
+def _spec(A: torch.Tensor) -> float:
+    """Spectral norm (largest singular value), float64."""
+    return torch.linalg.matrix_norm(A.detach().double(), ord=2).item()
+
+
+def _frob(A: torch.Tensor) -> float:
+    return A.detach().double().norm().item()
+
+
+def _dist21(A: torch.Tensor, M: Optional[torch.Tensor]) -> float:
+    """||A - M||_{2,1} over output units: sum of row distances (BFT's ||A^T - M^T||_{2,1})."""
+    D = A if M is None else A - M.to(A.device)
+    return D.norm(dim=1).sum().item()
+
+
+def _acc(sq: dict, name: str, t: torch.Tensor):
+    sq[name] = sq.get(name, 0.0) + t.double().pow(2).sum().item()
+
+
+def _min(d: dict, name: str, v: torch.Tensor):
+    d[name] = min(d.get(name, math.inf), v.min().item())
+
+
+# ---------------------------------------------------------------------------------------------
+# complexity of the loss class (theory.md 7; [resx] formalization)
+
+@dataclass(frozen=True)
+class ComplexityTerm:
+    """A bound R on R_n(l o X), the Rademacher complexity of the loss class, with what it used.
+
+    `layers`: the per-layer table (dicts, for display). `inputs`: every scalar the value used.
+    `rho`: the new block's budget ||phi - phi0|| (None without a reference and a position).
+    `at(n)`: the same bound for another sample size at the same per-sample budgets.
+    """
+    name: str
+    citation: str
+    R: float
+    n: int
+    layers: tuple
+    inputs: dict = field(default_factory=dict)
+    rho: Optional[float] = None
+
+    def at(self, n: float) -> float:
+        if self.name == "grs":
+            return self.R * math.sqrt(self.n / n)
+        return CONTRACTION * sum(_dudley(a, r, n) for a, r in zip(self.inputs["a_j"], self.inputs["r_j"]))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["layers"] = [dict(row) for row in self.layers]
+        return d
+
+
+def complexity(model: nn.Module, x_S: torch.Tensor, *, bound: str = "grs", reference: Optional[nn.Module] = None,
+               new_block_position: Optional[int] = None, n: Optional[int] = None,
+               batch_size: int = 1024) -> ComplexityTerm:
+    """R >= R_n(l o X), X the class of networks with this model's budgets (theory.md 7; ours).
+
+    Contraction [Maurer 2016, Cor. 1]: R_n(l o F) <= sqrt(2) L_l sum_j R_n(F_j), L_l = sqrt(2)
+    (||softmax(z) - e_y|| <= sqrt(2)), F_j the class of logit j. R_n(F_j) from:
+
+    "grs" (Golowich-Rakhlin-Shamir 2018, Theorem 1, extended by us):
+        R_n(F_j) <= B_x (sqrt(2 log(2) d) + 1) prod_s g_s ||[w_j, b_j]|| / sqrt(n),
+      B_x = max ||x|| on S with the stem's constant input (sqrt(B_x^2 + 1) mlp, sqrt(B_x^2 + HW)
+      resnet), d = 1 + the number of peeled ReLU/LayerNorm layers, g_s the stage factors:
+        mlp stem        ||[W b]||_2 / sqrt(v_min + eps)
+        mlp block       (1 + ||[W2 b2]||_2 ||[W1 b1]||_F) / sqrt(v_min + eps)
+        resnet stem     ||conv1+BN, unrolled, augmented||_F
+        resnet block    g_sc + ||conv2+BN2||_2 ||conv1+BN1, unrolled||_F, g_sc = 1 or ||1x1+BN||_2
+        pool            1 / sqrt(HW)
+      with v_min the smallest pre-norm variance of that LayerNorm over S. Theorem for: plain ReLU
+      chains (GRS) and the residual sum h + W2 relu(W1 h) (a convex split of exp(lambda(a + b))
+      gives the factor 1 + ||W2||_2 ||W1||_F at the cost of one factor 2). Not a theorem, our
+      extension: peeling LayerNorm and the post-sum ReLU by their Lipschitz factor, biases by
+      augmentation (the constant coordinate is not propagated), budgets measured on S.
+
+    "bft" (Bartlett-Foster-Telgarsky 2017, Theorem 3.3 + Lemma A.5, in its general chain form):
+        ln N(F_j, eps, ||.||_2 on S) <= C_j^2 / eps^2,
+        C_j = sqrt(ln(2 W^2)) (sum_i (b_i X_i L_ij)^(2/3))^(3/2),
+      over weight layers i (head row j included), b_i = ||[A_i b_i] - [M_i b0_i]||_{2,1}, X_i the
+      Frobenius norm of layer i's (augmented) input over S (patches for convs: at most
+      ceil(k/s)^2 ||input||_F^2 + n positions), L_ij the Lipschitz factor from layer i's output to
+      logit j (residual block: lip(N) (lip(shortcut) + lip(branch)); LayerNorm 1/sqrt(v_min + eps)),
+      W the widest layer. For a plain chain X_i L_ij = ||X||_F prod_k ||A_k||_2 / ||A_i||_2 and
+      this is BFT's (prod s_k) (sum (b_k/s_k)^(2/3))^(3/2). Dudley (Lemma A.5) with a = C_j / sqrt(n):
+        R_n(F_j) <= min(r_j, (12 a / sqrt(n)) (1 + ln(sqrt(n) r_j / (3 a)))),  r_j = ||w_j|| B_h + |b_j|.
+      M = `reference` (same architecture: f_new at phi0, i.e. f_old's weights and phi0); without
+      one, M = 0. Caveat: BFT needs M fixed before S; f_old was trained on S (docs).
+
+    `new_block_position`: reports rho = ||phi - phi0|| over the new block's parameters.
+    `n` overrides the sample size in the formula (default len(x_S)); the norms stay those on x_S.
+    """
+    if bound not in BOUNDS:
+        raise ValueError(f"bound={bound!r} is not allowed: one of {list(BOUNDS)}")
+    net = _describe(model, x_S, reference, batch_size)
+    n_eff = int(n) if n is not None else net.n
+    rho = _rho(model, reference, new_block_position)
+    head_rows = [_frob(torch.cat([net.head_W[j], net.head_b[j:j + 1]])) for j in range(len(net.head_b))]
+    lips = [s.lip for s in net.stages]
+    inputs = {"n_S": net.n, "B_x": net.B_x, "B_x_aug": net.B_x_aug, "B_h": net.B_h, "B_h_measured": net.B_h_measured,
+              "lipschitz_features": math.prod(lips), "contraction": CONTRACTION, "L_l": L_CE}
+    layers = [{"name": s.name, "kind": "stage", "grs": s.grs, "lip": s.lip, "peels": s.peels, "note": s.note}
+              for s in net.stages]
+    layers += [{"name": w.name, "kind": "weight", "stage": net.stages[w.stage].name, "dist21": w.dist21,
+                "spec": w.spec, "ratio": w.dist21 / w.spec if w.spec > 0 else math.inf,
+                "x_rms": math.sqrt(w.x_sq / net.n), "after": w.after} for w in net.weights]
+
+    if bound == "grs":
+        d = 1 + sum(s.peels for s in net.stages)
+        prod = math.prod(s.grs for s in net.stages)
+        depth_factor = math.sqrt(2.0 * math.log(2.0) * d) + 1.0
+        R_j = [net.B_x_aug * depth_factor * prod * row / math.sqrt(n_eff) for row in head_rows]
+        R = CONTRACTION * sum(R_j)
+        inputs.update({"d": d, "depth_factor": depth_factor, "grs_product": prod, "head_rows": head_rows,
+                       "R_F_j": R_j})
+        layers.append({"name": "head", "kind": "head", "grs": sum(head_rows), "note": "sum_j ||[w_j, b_j]||"})
+        return ComplexityTerm("grs", CITATIONS["grs"] + "; " + CITATIONS["maurer"], R, n_eff, tuple(layers),
+                              inputs, rho)
+
+    # bft: suffix products of stage Lipschitz factors give the factor from a stage's output to the features
+    after_stage = [math.prod(lips[s + 1:]) for s in range(len(lips))]
+    W_dim = max([max(w.dims) for w in net.weights] + [net.head_W.shape[1] + 1, net.head_W.shape[0]])
+    log_cover = math.sqrt(math.log(2.0 * W_dim ** 2))
+    x_head = math.sqrt(net.head_x_sq)
+    a_j, r_j, C_j, head_dist = [], [], [], []
+    for j in range(len(net.head_b)):
+        wj = net.head_W[j].norm().item()
+        dj = _frob(torch.cat([net.head_W[j], net.head_b[j:j + 1]]) - net.head_ref[j].to(net.head_W.device))
+        terms = [w.dist21 * math.sqrt(w.x_sq) * w.after * after_stage[w.stage] * wj for w in net.weights]
+        terms.append(dj * x_head)
+        C = log_cover * sum(t ** (2.0 / 3.0) for t in terms) ** 1.5
+        C_j.append(C)
+        a_j.append(C / math.sqrt(net.n))          # X_i grow like sqrt(n) at fixed per-sample norms
+        r_j.append(wj * net.B_h + abs(net.head_b[j].item()))
+        head_dist.append(dj)
+    R_j = [_dudley(a, r, n_eff) for a, r in zip(a_j, r_j)]
+    R = CONTRACTION * sum(R_j)
+    inputs.update({"W": W_dim, "log_cover": log_cover, "C_j": C_j, "a_j": a_j, "r_j": r_j, "R_F_j": R_j,
+                   "head_dist": head_dist, "reference": reference is not None})
+    layers.append({"name": "head", "kind": "head", "dist21": sum(head_dist), "x_rms": x_head / math.sqrt(net.n),
+                   "note": "sum_j ||[w_j, b_j] - [m_j, b0_j]||"})
+    return ComplexityTerm("bft", CITATIONS["bft"] + "; " + CITATIONS["maurer"], R, n_eff, tuple(layers),
+                          inputs, rho)
+
+
+def _dudley(a: float, r: float, n: float) -> float:
+    """min(r, (12 a/sqrt(n)) (1 + ln(sqrt(n) r/(3a)))): Dudley's integral with ln N <= n a^2/eps^2
+    at the optimal alpha = 3a, upper limit sqrt(n) r (BFT Lemma A.5); r alone if 3a >= sqrt(n) r."""
+    if a <= 0.0:
+        return 0.0
+    root = math.sqrt(n)
+    if 3.0 * a >= root * r:
+        return r
+    return min(r, 12.0 * a / root * (1.0 + math.log(root * r / (3.0 * a))))
+
+
+def _rho(model, reference, position) -> Optional[float]:
+    if reference is None or position is None:
+        return None
+    new, ref = dict(model.blocks[position].named_parameters()), dict(reference.blocks[position].named_parameters())
+    return math.sqrt(sum((p.detach().double() - ref[k].detach().double().to(p.device)).pow(2).sum().item()
+                         for k, p in new.items()))
+
+
+def lipschitz_bound(model: nn.Module, x_S: torch.Tensor, batch_size: int = 1024) -> dict:
+    """Product of the stage Lipschitz factors: ||features(x) - features(x')|| <= L ||x - x'||
+    (ours). Global for resnet in eval mode; for mlp valid for x, x' whose pre-norm variance at
+    every LayerNorm is at least its minimum over S (e.g. x, x' in S): on that set
+    ||N(v) - N(v')|| <= ||v - v'|| / sqrt(v_min + eps) (docs/theory_bounds.md). Per logit j: L ||w_j||.
+    """
+    net = _describe(model, x_S, None, batch_size)
+    L = math.prod(s.lip for s in net.stages)
+    return {"features": L, "stages": [(s.name, s.lip) for s in net.stages],
+            "logits": [L * net.head_W[j].norm().item() for j in range(len(net.head_b))]}
+
+
+# ---------------------------------------------------------------------------------------------
+# eps, Hoeffding, vacuity (theory.md 7)
+
+def epsilon(R: float, c: float, n: float, delta: float) -> float:
+    """eps_X = R + (c/2) sqrt(log(4/delta) / (2n)); w.p. >= 1 - delta/2, sup_X |L - L_S| <= 2 eps_X.
+
+    (Symmetrisation and McDiarmid for losses in [0, c], two-sided, at confidence delta/2.)
+    """
+    return R + 0.5 * c * math.sqrt(math.log(4.0 / delta) / (2.0 * n))
+
+
+def hoeffding(c: float, n: float, delta: float) -> float:
+    """c sqrt(log(2/delta) / (2n)): one-sided Hoeffding for one fixed function at confidence delta/2."""
+    return c * math.sqrt(math.log(2.0 / delta) / (2.0 * n))
+
+
+def n_nonvacuous(R: float, c: float, n: float, delta: float,
+                 R_at: Optional[Callable[[float], float]] = None) -> float:
+    """The sample size n* at which 2 eps = c, i.e. the bound on |L - L_S| stops being vacuous.
+
+    Default: R scales like 1/sqrt(n) (GRS at fixed per-sample budgets), so with
+    q = sqrt(log(4/delta)/2), sqrt(n*) = (2 R sqrt(n) + c q) / c. With `R_at` (e.g.
+    `ComplexityTerm.at`, BFT has an extra log n) n* is found by bisection on log n; inf if
+    2 eps > c still at n = 1e30.
+    """
+    q = math.sqrt(math.log(4.0 / delta) / 2.0)
+    if R_at is None:
+        return ((2.0 * R * math.sqrt(n) + c * q) / c) ** 2
+
+    def excess(m):
+        return 2.0 * epsilon(R_at(m), c, m, delta) - c
+
+    lo, hi = 0.0, 30.0 * math.log(10.0)
+    if excess(math.exp(hi)) > 0:
+        return math.inf
+    if excess(math.exp(lo)) <= 0:
+        return 1.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if excess(math.exp(mid)) > 0:
+            lo = mid
+        else:
+            hi = mid
+    return math.exp(hi)
+
+
+def representational_gain(Delta_R: Optional[float], Delta_R_T: Optional[float],
+                          hoeffding_T: Optional[float]) -> tuple[float, str]:
+    """The Delta_R the routes use (theory.md 8): the population jump margin when there is one
+    (synthetic tasks), else Delta_R^T minus its Hoeffding half-width on T, hoeffding(2c, m, delta)
+    (the paired per-sample difference lies in [-c, c]). Returns (value, source).
+    Using the test-side lower bound adds its delta to the guarantee's failure probability.
+    """
+    if Delta_R is not None:
+        return float(Delta_R), "population"
+    if Delta_R_T is None or hoeffding_T is None:
+        raise ValueError("Delta_R is None (real data): Delta_R_T and hoeffding_T are both needed")
+    return float(Delta_R_T) - float(hoeffding_T), "test-side lower bound"
+
+
+@dataclass(frozen=True)
+class Terms:
+    """Every term of the two guarantees, with its observed counterpart (theory.md 7-8)."""
+    Delta_R: Optional[float]        # population jump margin L(f_old) - L(f_J); None on real data
+    Delta_R_T: Optional[float]      # test-side jump margin L_T(f_old) - L_T(f_J)
+    Delta_R_used: float             # representational_gain(...)
+    Delta_R_source: str
+    Delta_ERM: float                # L_S(f_J) - L_S(f_new)
+    R_M: float                      # complexity of M (budgets at f_new)
+    R_K: float                      # complexity of K (budgets at f_J)
+    eps_M: float
+    eps_K: float
+    hoeffding: float                # c sqrt(log(2/delta)/(2n)) for f_J
+    c: float
+    delta: float
+    n: int
+    bound_name: str
+    vacuous_M: bool                 # 2 eps_M >= c
+    vacuous_K: bool
+    n_nonvacuous_M: float
+    n_nonvacuous_K: float
+    gap_new: Optional[float] = None  # observed |L_T(f_new) - L_S(f_new)|
+    gap_J: Optional[float] = None    # observed |L_T(f_J) - L_S(f_J)|
+
+    def routes(self, L_old: float) -> tuple["Route", "Route"]:
+        """(route A, route B) at L(f_old) = L_old (or its proxy)."""
+        return (route_a(L_old, self.Delta_R_used, self.Delta_ERM, self.eps_M, self.hoeffding),
+                route_b(L_old, self.Delta_R_used, self.Delta_ERM, self.eps_M, self.eps_K))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def make_terms(*, M: ComplexityTerm, K: ComplexityTerm, c: float, delta: float, Delta_ERM: float,
+               Delta_R: Optional[float] = None, Delta_R_T: Optional[float] = None,
+               hoeffding_T: Optional[float] = None, gap_new: Optional[float] = None,
+               gap_J: Optional[float] = None, n: Optional[int] = None) -> Terms:
+    """Terms from the two complexity terms (M at f_new, K at f_J) and the measured gains."""
+    n = int(n if n is not None else M.n)
+    used, source = representational_gain(Delta_R, Delta_R_T, hoeffding_T)
+    eps_M, eps_K = epsilon(M.at(n), c, n, delta), epsilon(K.at(n), c, n, delta)
+    return Terms(Delta_R=Delta_R, Delta_R_T=Delta_R_T, Delta_R_used=used, Delta_R_source=source,
+                 Delta_ERM=float(Delta_ERM), R_M=M.at(n), R_K=K.at(n), eps_M=eps_M, eps_K=eps_K,
+                 hoeffding=hoeffding(c, n, delta), c=c, delta=delta, n=n, bound_name=M.name,
+                 vacuous_M=2.0 * eps_M >= c, vacuous_K=2.0 * eps_K >= c,
+                 n_nonvacuous_M=n_nonvacuous(M.at(n), c, n, delta, R_at=M.at),
+                 n_nonvacuous_K=n_nonvacuous(K.at(n), c, n, delta, R_at=K.at),
+                 gap_new=gap_new, gap_J=gap_J)
+
+
+# ---------------------------------------------------------------------------------------------
+# the two routes (theory.md 8)
+
+@dataclass(frozen=True)
+class Route:
+    """One guarantee: L(f_new) <= bound w.p. >= 1 - delta, as a waterfall from L(f_old)."""
+    name: str            # "A" | "B"
+    bound: float
+    verdict: str         # "strict" | "no_worse" | "not_certified"
+    steps: tuple         # ((label, value), ...): L(f_old), then signed increments, then the bound
+    assumption: str
+    cost: float          # what the gains must beat: 2(eps_M + eps_K) (B) or 2 eps_M + hoeffding (A)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["steps"] = [list(s) for s in self.steps]
+        return d
+
+
+def _verdict(gain: float, cost: float) -> str:
+    """strict iff gain > cost (bound < L(f_old)); no_worse iff gain >= cost (bound <= L(f_old))."""
+    tol = 1e-12 * max(1.0, abs(gain), abs(cost))
+    if gain - cost > tol:
+        return "strict"
+    if gain - cost >= -tol:
+        return "no_worse"
+    return "not_certified"
+
+
+def route_b(L_old: float, Delta_R: float, Delta_ERM: float, eps_M: float, eps_K: float) -> Route:
+    """Route B [paper]: L(f_new) <= L(f_old) - Delta_R - Delta_ERM + 2 (eps_M + eps_K).
+
+    L(f_new) <= L_S(f_new) + 2 eps_M = L_S(f_J) - Delta_ERM + 2 eps_M <= L(f_J) + 2 eps_K - Delta_ERM
+    + 2 eps_M, uniform over M and K (delta/2 each), so f_J may depend on S. Verdicts: strict iff
+    Delta_R + Delta_ERM > 2 (eps_M + eps_K); no_worse iff Delta_R + Delta_ERM >= 2 (eps_M + eps_K)
+    (bound <= L(f_old)), which with Delta_R = 0 is the paper's degenerate-regime condition
+    Delta_ERM >= 2 (eps_M + eps_K); otherwise not_certified.
+    """
+    cost = 2.0 * (eps_M + eps_K)
+    bound = L_old - Delta_R - Delta_ERM + cost
+    steps = (("L(f_old)", L_old), ("- Delta_R", -Delta_R), ("- Delta_ERM", -Delta_ERM),
+             ("+ 2 eps_M", 2.0 * eps_M), ("+ 2 eps_K", 2.0 * eps_K), ("bound on L(f_new)", bound))
+    return Route("B", bound, _verdict(Delta_R + Delta_ERM, cost), steps,
+                 "uniform over M and K: holds whatever f_J depends on (no Hoeffding transfer)", cost)
+
+
+def route_a(L_old: float, Delta_R: float, Delta_ERM: float, eps_M: float, hoeffding_term: float) -> Route:
+    """Route A: L(f_new) <= L(f_old) - Delta_R - Delta_ERM + 2 eps_M + c sqrt(log(2/delta)/(2n)).
+
+    The uniform step over K is replaced by Hoeffding for the single function f_J
+    (L_S(f_J) <= L(f_J) + hoeffding, delta/2). Valid only if f_J does not depend on S. Verdicts as
+    route B with cost 2 eps_M + hoeffding.
+    """
+    cost = 2.0 * eps_M + hoeffding_term
+    bound = L_old - Delta_R - Delta_ERM + cost
+    steps = (("L(f_old)", L_old), ("- Delta_R", -Delta_R), ("- Delta_ERM", -Delta_ERM),
+             ("+ 2 eps_M", 2.0 * eps_M), ("+ Hoeffding(f_J)", hoeffding_term), ("bound on L(f_new)", bound))
+    return Route("A", bound, _verdict(Delta_R + Delta_ERM, cost), steps,
+                 "f_J must be independent of S (here: chosen on the probe sample P with theta_old "
+                 "fixed; theta_old itself was fit on S, so this is an assumption, not a fact)", cost)
+
+
+def tighter_route(a: Route, b: Route) -> tuple[str, str]:
+    """(name, reason): the route with the smaller bound and why. With the same Delta_R and
+    Delta_ERM the routes differ only in Hoeffding(f_J) against 2 eps_K."""
+    ha, eb = a.cost - a.steps[3][1], b.cost - b.steps[3][1]
+    if a.bound <= b.bound:
+        return a.name, (f"route {a.name} is tighter by {b.bound - a.bound:.4g}: Hoeffding for the single "
+                        f"function f_J costs {ha:.4g} against 2 eps_K = {eb:.4g} for the whole class K; "
+                        f"it assumes f_J is independent of S")
+    return b.name, (f"route {b.name} is tighter by {a.bound - b.bound:.4g}: 2 eps_K = {eb:.4g} is below "
+                    f"Hoeffding's {ha:.4g}, and it needs no independence of f_J from S")
+
+
+# ---------------------------------------------------------------------------------------------
+
+def _arch_of(model: nn.Module) -> str:
+    if isinstance(model, MLP):
+        return "mlp"
+    if isinstance(model, ResNet):
+        return "resnet"
+    raise TypeError(f"unknown architecture {type(model).__name__}")
+
+
+@torch.no_grad()
+def _batched(model: nn.Module, x: torch.Tensor, batch_size: int, fn) -> torch.Tensor:
+    was = model.training
+    model.eval()
+    try:
+        return torch.cat([fn(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+    finally:
+        model.train(was)
