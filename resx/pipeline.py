@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import math
 import threading
 import time
 from pathlib import Path
@@ -14,8 +15,11 @@ from typing import Optional
 
 import torch
 
+from .bounds import complexity, loss_bound, make_terms, tighter_route
 from .config import RunConfig
 from .data import load_data
+from .jumpboard import jump_margins, jumpboard_path
+from .margins import descent_margins
 from .models import build_model, insert_block, new_block_parameter_names
 from .records import Record, RecordSink, discard
 from .train import Evaluator, draw_population, resolve_device, risk, train
@@ -23,6 +27,7 @@ from .train import Evaluator, draw_population, resolve_device, risk, train
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = ("old", "new", "control")
+MARGIN_SNAPSHOTS = 20   # columns of the live descent-margin heatmap during base training
 
 
 def risks_of(model, data, population) -> dict:
@@ -62,21 +67,54 @@ def run_pipeline(cfg: RunConfig, sink: RecordSink = discard, cancel: Optional[th
     lap("load_data")
 
     old = build_model(cfg, data.input_shape, data.num_classes).to(device)
+    every = max(1, cfg.epochs // MARGIN_SNAPSHOTS)
+
+    def margin_snapshot(model, epoch, step):
+        """The descent-margin heatmap: U_P at every position, every few epochs of base training."""
+        if epoch % every == 0 or epoch == cfg.epochs:
+            for m in descent_margins(model, data.S, data.P, None, delta=cfg.delta, seed=cfg.seed):
+                for record in m.records(step):
+                    sink(record)
+
     outcome = train(old, data, cfg, phase="base", epochs=cfg.epochs, sink=sink, cancel=cancel,
-                    evaluator=evaluator)
+                    evaluator=evaluator, epoch_hook=margin_snapshot)
     lap("train_base")
     if outcome.status != "done":
         return _finish(result | {"status": outcome.status, "message": outcome.message}, timings, out_dir,
                        {"old": old})
+    base_steps = outcome.steps
 
+    # estimate margins: every estimator at every position, the population value where there is one
+    sink(Record("margins", base_steps, "", "progress", 0.0))
+    margins = descent_margins(old, data.S, data.P, population, delta=cfg.delta, seed=cfg.seed)
+    result["margins"] = [m.to_dict() for m in margins]
+    sink(Record("margins", base_steps, "", "progress", 1.0))
+    lap("estimate_margins")
+
+    # insert: the same seeded candidate block whose margin was measured
     new, report = insert_block(old, cfg.position, data.S.x, data.S.y, seed=cfg.seed)
+    phi0 = copy.deepcopy(new)  # f_new at phi0: the reference the complexity terms measure distance from
     sink(Record("insert", 0, "S", "max_abs_logit_diff", report.max_abs_logit_diff, position=cfg.position))
     sink(Record("insert", 0, "S", "loss_diff", report.loss_diff, position=cfg.position))
     result["insertion"] = report.to_dict()
     lap("insert")
 
-    block_params = [p for n, p in new.named_parameters() if n in set(new_block_parameter_names(new, cfg.position))]
-    params = block_params if cfg.finetune == "block" else None
+    # jumpboard: direction and step on P only
+    sink(Record("jumpboard", 0, "", "progress", 0.0))
+    try:
+        jump = jumpboard_path(new, cfg.position, data.S, data.P, data.T, population, seed=cfg.seed)
+        f_J = jump.model
+        result["jumpboard"] = jump.to_dict()
+    except ValueError as e:  # G_P = 0: no direction; the jumpboard is f_new itself
+        f_J = copy.deepcopy(new)
+        result["jumpboard"] = None
+        result["jumpboard_note"] = str(e)
+    sink(Record("jumpboard", 0, "", "progress", 1.0))
+    lap("jumpboard")
+
+    # fine-tune the expanded model from phi0, and the control: f_old trained on as many steps
+    block_names = set(new_block_parameter_names(new, cfg.position))
+    params = [p for n, p in new.named_parameters() if n in block_names] if cfg.finetune == "block" else None
     outcome = train(new, data, cfg, phase="new", epochs=cfg.finetune_epochs, params=params, sink=sink,
                     cancel=cancel, evaluator=evaluator, seed=cfg.seed + 1)
     lap("finetune_new")
@@ -89,11 +127,42 @@ def run_pipeline(cfg: RunConfig, sink: RecordSink = discard, cancel: Optional[th
     if outcome.status != "done":
         return _finish(result | {"status": outcome.status, "message": outcome.message}, timings, out_dir, models)
 
-    for name, model in models.items():
-        result[name] = risks_of(model, data, population)
+    for name, model in {**models, "jumpboard": f_J}.items():
+        result[name if name != "jumpboard" else "f_J"] = risks_of(model, data, population)
     lap("evaluate")
+    result.update(guarantees(cfg, data, population, old, f_J, new, phi0, result))
+    lap("terms_and_routes")
     result["status"] = "done"
     return _finish(result, timings, out_dir, models)
+
+
+def guarantees(cfg: RunConfig, data, population, old, f_J, new, phi0, result: dict) -> dict:
+    """Complexity terms, the three gains and routes A and B (theory.md 6-8)."""
+    c = max(loss_bound(model, data.S.x, cfg.arch)["c"] for model in (old, f_J, new))
+    jump = jump_margins(old, f_J, data.T, population, delta=cfg.delta, loss_bound=c)
+    M = complexity(new, data.S.x, bound=cfg.bound, reference=phi0, new_block_position=cfg.position)
+    K = complexity(f_J, data.S.x, bound=cfg.bound, reference=phi0, new_block_position=cfg.position)
+    r_new, r_J = result["new"], result["f_J"]
+    terms = make_terms(M=M, K=K, c=c, delta=cfg.delta, Delta_ERM=r_J["L_S"] - r_new["L_S"],
+                       Delta_R=jump["Delta_R"], Delta_R_T=jump["Delta_R_T"],
+                       hoeffding_T=jump["Delta_R_T_hoeffding"], gap_new=abs(r_new["L_T"] - r_new["L_S"]),
+                       gap_J=abs(r_J["L_T"] - r_J["L_S"]), n=cfg.n)
+    L_old = result["old"]["L_pop"] if population is not None else result["old"]["L_T"]
+    route_A, route_B = terms.routes(L_old)
+    tighter, reason = tighter_route(route_A, route_B)
+    return {"terms": terms.to_dict() | {"Delta_R_se": jump["Delta_R_se"], "Delta_R_T_se": jump["Delta_R_T_se"],
+                                        "Delta_R_T_hoeffding": jump["Delta_R_T_hoeffding"], "rho_M": M.rho,
+                                        "rho_K": K.rho},
+            "complexity": {"M": M.to_dict(), "K": K.to_dict()},
+            "routes": {"A": route_A.to_dict(), "B": route_B.to_dict(), "tighter": tighter, "tighter_reason": reason},
+            "expansion_beats_control": _beats(result, population)}
+
+
+def _beats(result: dict, population) -> dict:
+    """Did the expanded model beat the control, on L (synthetic) or L_T (real data)?"""
+    key = "L_pop" if population is not None else "L_T"
+    new, control = result["new"][key], result["control"][key]
+    return {"risk": key, "new": new, "control": control, "difference": control - new, "beats": new < control}
 
 
 def _finish(result: dict, timings: dict, out_dir: Optional[Path], models: dict) -> dict:
@@ -103,8 +172,19 @@ def _finish(result: dict, timings: dict, out_dir: Optional[Path], models: dict) 
         out_dir.mkdir(parents=True, exist_ok=True)
         for name, model in models.items():
             torch.save(model.state_dict(), out_dir / f"{name}.pt")
-        (out_dir / "result.json").write_text(json.dumps(result, indent=2, default=_jsonable))
+        (out_dir / "result.json").write_text(json.dumps(finite_json(result), indent=2, default=_jsonable))
     return result
+
+
+def finite_json(value):
+    """JSON has no inf or NaN: non-finite numbers become null (e.g. n_nonvacuous = inf: never)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
 
 
 def _jsonable(value):

@@ -10,7 +10,7 @@ import logging
 import math
 import threading
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 import torch.nn as nn
@@ -128,12 +128,14 @@ def lr_at(step: int, total: int, cfg: RunConfig) -> float:
 def train(model: nn.Module, data: TaskData, cfg: RunConfig, *, phase: str, epochs: int,
           params: Optional[Iterable[nn.Parameter]] = None, sink: RecordSink = discard,
           cancel: Optional[threading.Event] = None, evaluator: Optional[Evaluator] = None,
-          seed: Optional[int] = None) -> TrainOutcome:
+          seed: Optional[int] = None, epoch_hook: Optional[Callable[[nn.Module, int, int], None]] = None
+          ) -> TrainOutcome:
     """Minimise L_S over `params` (default: all) for `epochs` passes over S.
 
     Ends as "diverged" when a batch loss is non-finite or above DIVERGED_FACTOR * log K.
     Records: "batch_loss" about ten times an epoch, "lr", "progress" (0..1), and the evaluator's
-    L_S / L_T / L at step 0 and after every epoch.
+    L_S / L_T / L at step 0 and after every epoch. `epoch_hook(model, epoch, step)` runs before
+    the first step and after each epoch's evaluation (the pipeline measures descent margins there).
     """
     params = [p for p in (model.parameters() if params is None else params)]
     for p in model.parameters():
@@ -151,6 +153,8 @@ def train(model: nn.Module, data: TaskData, cfg: RunConfig, *, phase: str, epoch
 
     if evaluator is not None:
         evaluator(model, phase, 0, sink)
+    if epoch_hook is not None:
+        epoch_hook(model, 0, 0)
     model.train()
     try:
         for epoch in range(epochs):
@@ -182,6 +186,9 @@ def train(model: nn.Module, data: TaskData, cfg: RunConfig, *, phase: str, epoch
                 if not math.isfinite(risks["S"].loss):
                     msg = f"diverged at step {step} of {phase}: L_S {risks['S'].loss}"
                     return TrainOutcome("diverged", step, risks["S"].loss, msg)
+            if epoch_hook is not None:
+                epoch_hook(model, epoch + 1, step)
+                model.train()
     finally:
         for p in model.parameters():
             p.requires_grad_(True)
