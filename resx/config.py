@@ -206,3 +206,39 @@ PRESETS: dict[str, RunConfig] = {
                                   lr=0.1, weight_decay=5e-4, batch_size=128, epochs=30, finetune_epochs=5),
 }
 DEFAULT_PRESET = "demo-mlp"
+
+
+@dataclass(frozen=True)
+class OperatorCaps:
+    """Limits the operator of a shared server sets through the environment (design.md).
+
+    RESX_MAX_WIDTH, RESX_MAX_DEPTH, RESX_MAX_N (each of n, n_probe, n_test), RESX_MAX_RUNNING
+    (running or queued jobs per browser session). Unset means the built-in limits.
+    """
+    max_width: int = MAX_WIDTH
+    max_depth: int = MAX_DEPTH
+    max_n: int = MAX_N
+    max_running_per_session: int = 2
+
+    @classmethod
+    def from_env(cls, environ=None) -> "OperatorCaps":
+        import os
+        env = os.environ if environ is None else environ
+        values = {}
+        for name, var in (("max_width", "RESX_MAX_WIDTH"), ("max_depth", "RESX_MAX_DEPTH"),
+                          ("max_n", "RESX_MAX_N"), ("max_running_per_session", "RESX_MAX_RUNNING")):
+            raw = env.get(var, "").strip()
+            if raw:
+                if not raw.isdigit() or int(raw) < 1:
+                    raise ConfigError(var, raw, "a positive integer")
+                values[name] = int(raw)
+        return cls(**values)
+
+    def check(self, cfg: RunConfig) -> RunConfig:
+        """Raise ConfigError when `cfg` is over a cap; return it unchanged otherwise."""
+        _check_int("width", cfg.width, 1, self.max_width, f"at most {self.max_width} on this server")
+        _check_int("depth", cfg.depth, 1, self.max_depth, f"at most {self.max_depth} on this server")
+        for name in ("n", "n_probe", "n_test"):
+            value = getattr(cfg, name)
+            _check_int(name, value, 1, self.max_n, f"at most {self.max_n} on this server")
+        return cfg

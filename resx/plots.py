@@ -58,3 +58,105 @@ def training_curves(records: Iterable[Record], insert_step: int | None = None) -
     fig.update_layout(xaxis_title="step", yaxis_title="cross-entropy (nats)", height=380,
                       margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h", y=-0.25))
     return fig
+
+
+def margin_heatmap(records: Iterable[Record], name: str = "kappa2_U") -> go.Figure:
+    """Descent margin estimate (default U_P) as a heatmap: insertion position x base-training step."""
+    rs = [r for r in records if r.phase == "margins" and r.name == name and r.position is not None]
+    steps = sorted({r.step for r in rs})
+    positions = sorted({r.position for r in rs})
+    z = np.full((len(positions), len(steps)), np.nan, dtype=np.float32)
+    for r in rs:
+        z[positions.index(r.position), steps.index(r.step)] = r.value
+    fig = go.Figure(go.Heatmap(x=steps, y=positions, z=z, colorscale="Viridis",
+                               colorbar=dict(title="kappa^2"),
+                               hovertemplate="step %{x}<br>position %{y}<br>kappa^2 %{z:.3g}<extra></extra>"))
+    fig.update_layout(xaxis_title="base-training step", yaxis_title="insertion position", height=300,
+                      margin=dict(l=10, r=10, t=30, b=10), yaxis=dict(dtick=1))
+    return fig
+
+
+def margin_estimates(margins: list[dict], chosen: int | None = None, z: float = 1.645) -> go.Figure:
+    """kappa^2 estimates per position: U_P and X_P (error bars +-z SE, z of the one-sided level),
+    the training margin ||G_S||^2 on S, and the population value where there is a sampler."""
+    pos = np.array([m["position"] for m in margins], dtype=np.float32)
+    fig = go.Figure()
+    series = [("kappa2_U", "kappa2_U_se", "U_P (probe, unbiased)", -0.2),
+              ("kappa2_cross", "kappa2_cross_se", "X_P (probe, split-half)", -0.07),
+              ("kappa2_train_naive", None, "||G_S||^2 (training margin)", 0.07),
+              ("kappa2_pop", "kappa2_pop_se", "kappa^2 (population sample)", 0.2)]
+    for key, se_key, label, shift in series:
+        if any(m.get(key) is None for m in margins):
+            continue
+        y = np.array([m[key] for m in margins], dtype=np.float32)
+        err = None
+        if se_key:
+            err = dict(type="data", array=np.array([z * m[se_key] for m in margins], dtype=np.float32))
+        fig.add_trace(go.Scatter(x=pos + shift, y=y, error_y=err, mode="markers", name=label))
+    if chosen is not None:
+        fig.add_vline(x=chosen, line_dash="dot", annotation_text="chosen")
+    fig.add_hline(y=0, line_color="gray", line_width=1)
+    fig.update_layout(xaxis_title="insertion position", yaxis_title="kappa^2 = ||G_k||^2", height=340,
+                      margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h", y=-0.3),
+                      xaxis=dict(dtick=1))
+    return fig
+
+
+def jumpboard_curve(jumpboard: dict) -> go.Figure:
+    """Line search along d = -G_P/||G_P||: L_S, L_P, L_T and L against the step eta (log axis),
+    with the first-order prediction and the quadratic fit; eta* marked."""
+    curve = [c for c in jumpboard["curve"] if c["eta"] > 0]
+    eta = np.array([c["eta"] for c in curve], dtype=np.float32)
+    fig = go.Figure()
+    for key, label, dash in (("L_S", "L_S (train)", "solid"), ("L_P", "L_P (probe: chooses eta)", "solid"),
+                             ("L_T", "L_T (test)", "solid"), ("L_pop", "L (population)", "solid"),
+                             ("first_order", "first-order prediction", "dash"), ("quadratic", "quadratic fit", "dot")):
+        if any(c.get(key) is None for c in curve):
+            continue
+        fig.add_trace(go.Scatter(x=eta, y=np.array([c[key] for c in curve], dtype=np.float32), name=label,
+                                 mode="lines+markers" if dash == "solid" else "lines", line=dict(dash=dash)))
+    if jumpboard.get("eta"):
+        fig.add_vline(x=jumpboard["eta"], line_dash="dot", annotation_text="eta*")
+    ys = [c[k] for c in curve for k in ("L_S", "L_P", "L_T", "L_pop") if c.get(k) is not None]
+    if ys:  # keep the measured curves in view; the predictions may leave it
+        lo, hi = min(ys), max(ys)
+        pad = 0.1 * (hi - lo) + 1e-3
+        fig.update_yaxes(range=[lo - pad, hi + pad])
+    fig.update_layout(xaxis_type="log", xaxis_title="step eta along d", yaxis_title="risk (nats)", height=360,
+                      margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h", y=-0.3))
+    return fig
+
+
+def route_waterfall(route: dict, observed: float | None = None, title: str = "") -> go.Figure:
+    """A route as a waterfall: start L(f_old), subtract the margins, add the terms, end at the
+    bound; the observed L(f_new) as a line beside it."""
+    steps = route["steps"]
+    measures = ["absolute"] + ["relative"] * (len(steps) - 2) + ["total"]
+    fig = go.Figure(go.Waterfall(x=[s[0] for s in steps], y=[s[1] for s in steps], measure=measures,
+                                 textposition="outside", text=[f"{s[1]:+.3g}" if 0 < i < len(steps) - 1 else f"{s[1]:.3g}"
+                                                               for i, s in enumerate(steps)]))
+    if observed is not None:
+        fig.add_hline(y=observed, line_dash="dot", annotation_text=f"observed L(f_new) = {observed:.3g}")
+    fig.update_layout(title=title, yaxis_title="risk (nats)", height=340, showlegend=False,
+                      margin=dict(l=10, r=10, t=40, b=10))
+    return fig
+
+
+def runs_overlay(runs: dict[str, list[Record]], split: str = "pop") -> go.Figure:
+    """One loss curve per run (population, or test where a run has none), base then fine-tune."""
+    fig = go.Figure()
+    for label, records in runs.items():
+        use = split if any(r.split == split and r.name == "loss" for r in records) else "T"
+        base_end = max((r.step for r in records if r.phase == "base" and r.name == "loss"), default=0)
+        for phase in ("base", "new"):
+            rs = [r for r in records if r.phase == phase and r.split == use and r.name == "loss"]
+            if not rs:
+                continue
+            x = np.array([r.step + (0 if phase == "base" else base_end) for r in rs], dtype=np.float32)
+            y = np.array([r.value for r in rs], dtype=np.float32)
+            x, y = downsample(x, y)
+            fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=f"{label} ({'L' if use == 'pop' else 'L_T'}, {phase})",
+                                     legendgroup=label))
+    fig.update_layout(xaxis_title="step", yaxis_title="risk (nats)", height=380, margin=dict(l=10, r=10, t=30, b=10),
+                      legend=dict(orientation="h", y=-0.25))
+    return fig

@@ -64,3 +64,17 @@ def test_command_line_assignments_raise_only_the_configuration_error(text):
     except ConfigError:
         return
     assert key in FIELDS
+
+
+def test_operator_caps_refuse_configurations_over_them():
+    """Caps from the environment refuse a wider, deeper or larger run with a message naming the cap."""
+    from resx.config import OperatorCaps
+
+    caps = OperatorCaps.from_env({"RESX_MAX_WIDTH": "32", "RESX_MAX_N": "500"})
+    assert caps.check(RunConfig(width=32, n=500, n_probe=500, n_test=500)).width == 32
+    with pytest.raises(ConfigError, match="at most 32 on this server"):
+        caps.check(RunConfig(width=64))
+    with pytest.raises(ConfigError, match="n_probe"):
+        caps.check(RunConfig(width=16, n=100, n_probe=2000, n_test=100))
+    with pytest.raises(ConfigError, match="RESX_MAX_DEPTH"):
+        OperatorCaps.from_env({"RESX_MAX_DEPTH": "-1"})

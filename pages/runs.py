@@ -1,0 +1,60 @@
+"""Runs: the history in the store; compare, export, delete (design.md "Pages" 5)."""
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+import ui
+from resx import plots
+
+st.title("Runs")
+store = ui.get_manager().store
+
+status = st.selectbox("Status", ["all", "done", "running", "queued", "diverged", "failed", "cancelled", "interrupted"])
+runs = store.list_runs(status=None if status == "all" else status)
+if not runs:
+    st.info("No runs yet. Start one on the Lab page or with `python -m resx run`.")
+    st.stop()
+
+table = pd.DataFrame([{
+    "id": r["id"], "status": r["status"], "source": r["source"], "dataset": r["config"].get("dataset"),
+    "arch": r["config"].get("arch"), "depth": r["config"].get("depth"), "width": r["config"].get("width"),
+    "position": r["config"].get("position"), "created": r["created"],
+} for r in runs])
+picked = st.dataframe(table, hide_index=True, on_select="rerun", selection_mode="multi-row", key="runs_table")
+ids = [table.iloc[i]["id"] for i in picked.selection.rows]
+if not ids:
+    st.caption("Select one or more rows to compare, export or delete.")
+    st.stop()
+
+st.plotly_chart(plots.runs_overlay({i: store.records(i) for i in ids}), key="overlay")
+configs = pd.DataFrame({i: store.get_run(i)["config"] for i in ids})
+if len(ids) > 1:
+    differs = configs.astype(str).nunique(axis=1) > 1
+    st.subheader("Where the configurations differ")
+    st.dataframe(configs[differs] if differs.any() else configs, key="config_diff")
+else:
+    st.dataframe(configs, key="config_one")
+
+
+def exported(run_id: str, kind: str) -> bytes:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{run_id}.{kind}"
+        (store.export_json if kind == "json" else store.export_csv)(run_id, path)
+        return path.read_bytes()
+
+
+for run_id in ids:
+    cols = st.columns([2, 1, 1, 1])
+    cols[0].markdown(f"`{run_id}` [open in the Lab](/lab?run={run_id})")
+    cols[1].download_button("metrics CSV", exported(run_id, "csv"), f"{run_id}.csv", "text/csv", key=f"csv{run_id}")
+    cols[2].download_button("run JSON", exported(run_id, "json"), f"{run_id}.json", "application/json",
+                            key=f"json{run_id}")
+    if cols[3].button("Delete", key=f"del{run_id}"):
+        snap = ui.get_manager().snapshot(run_id)
+        if snap is not None and snap.is_active:
+            st.error(f"{run_id} is still {snap.status}; stop it in the Lab first.")
+        else:
+            store.delete_run(run_id)
+            st.rerun()
