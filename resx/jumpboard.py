@@ -168,8 +168,8 @@ class JumpboardResult:
     L_T: float
     L_pop: Optional[float]
     L_pop_se: Optional[float]
-    kappa_P: float                   # ||G_P||
-    slope_P: float                   # D_P(d), the exact initial rate of L_P along d (= -kappa_P for mlp)
+    kappa_P: float                   # ||G_P1||, the direction half of P
+    slope_P: float                   # D_P2(d), the exact initial rate of L_P2 along d (the first-order line)
     step_scale: float                # the unit of the eta grid
     quadratic_coef: tuple = field(default=(math.nan, math.nan, math.nan))   # (a, b, c)
 
@@ -197,22 +197,31 @@ def default_etas(scale: float) -> list[float]:
     return [0.0] + [float(e) * scale for e in np.logspace(math.log10(lo), math.log10(hi), GRID_POINTS)]
 
 
+def split_halves(P, seed: int):
+    """(P1, P2): a seeded random split of P into halves (P1 gets the extra point when odd)."""
+    perm = torch.randperm(len(P.y), generator=torch.Generator().manual_seed(seed + 104_729)).to(P.y.device)
+    k = (len(perm) + 1) // 2
+    return type(P)(P.x[perm[:k]], P.y[perm[:k]]), type(P)(P.x[perm[k:]], P.y[perm[k:]])
+
+
 def jumpboard_path(f_new: nn.Module, position: int, S, P, T, population=None, etas=None,
                    seed: int = 0) -> JumpboardResult:
-    """Line search from phi0 along d = -G_P/||G_P|| (theory.md 6; the construction is the paper's,
-    the grid and the fit are ours). eta* = argmin_eta L_P (eta = 0 included, so f_J = f_new when no
-    step lowers L_P); S, T and the population are only evaluated. f_new is not modified.
-
-    `seed` is accepted for the uniform step signature; the path itself is deterministic.
+    """Line search from phi0 along d = -G_P1/||G_P1|| (theory.md 6; the construction is the paper's,
+    the split, the grid and the fit are ours). P is split in two halves by a seeded permutation:
+    the direction comes from P1, and eta* = argmin_eta L_P2 (eta = 0 included, so f_J = f_new when
+    no step lowers L_P2). A direction fit on a sample always lowers that sample's loss at first,
+    even where the population gradient is 0, so choosing the step on the same half would pick
+    noise. The curve's L_P is L_P2; S, T and the population are only evaluated.
+    f_new is not modified.
     """
-    del seed
     block = f_new.blocks[position]
-    G = live_gradient(f_new, position, P.x, P.y)                         # on P only
+    P1, P2 = split_halves(P, seed)
+    G = live_gradient(f_new, position, P1.x, P1.y)                       # on P1 only
     kappa = torch.sqrt(sum((g.double() ** 2).sum() for g in G.values())).item()
     if kappa == 0.0:
         raise ValueError(f"G_P = 0 at position {position}: no descent direction on P")
     direction = {n: -g / kappa for n, g in G.items()}
-    slope = one_sided_slope(f_new, position, P.x, P.y, direction)
+    slope = one_sided_slope(f_new, position, P2.x, P2.y, direction)
     phi0 = {n: block.get_parameter(n).detach().clone() for n in G}
     scale = step_scale(f_new, position)
     etas = sorted(set([0.0] + [float(e) for e in (default_etas(scale) if etas is None else etas)]))
@@ -223,7 +232,7 @@ def jumpboard_path(f_new: nn.Module, position: int, S, P, T, population=None, et
     curve = []
     for eta in etas:
         set_live_(work, position, phi0, direction, eta)
-        row = {"eta": eta, "L_S": risk(work, S).loss, "L_P": risk(work, P).loss, "L_T": risk(work, T).loss,
+        row = {"eta": eta, "L_S": risk(work, S).loss, "L_P": risk(work, P2).loss, "L_T": risk(work, T).loss,
                "L_pop": None, "L_pop_se": None}
         if population is not None:
             r = risk(work, population)

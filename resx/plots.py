@@ -129,16 +129,28 @@ def jumpboard_curve(jumpboard: dict) -> go.Figure:
 
 def route_waterfall(route: dict, observed: float | None = None, title: str = "") -> go.Figure:
     """A route as a waterfall: start L(f_old), subtract the margins, add the terms, end at the
-    bound; the observed L(f_new) as a line beside it."""
+    bound; the observed L(f_new) as a line beside it. When the terms dwarf the risks (a vacuous
+    bound, often by orders of magnitude), a waterfall would flatten the gains to nothing, so the
+    signed steps are drawn as bars of their size on a log axis instead."""
     steps = route["steps"]
-    measures = ["absolute"] + ["relative"] * (len(steps) - 2) + ["total"]
-    fig = go.Figure(go.Waterfall(x=[s[0] for s in steps], y=[s[1] for s in steps], measure=measures,
-                                 textposition="outside", text=[f"{s[1]:+.3g}" if 0 < i < len(steps) - 1 else f"{s[1]:.3g}"
-                                                               for i, s in enumerate(steps)]))
-    if observed is not None:
-        fig.add_hline(y=observed, line_dash="dot", annotation_text=f"observed L(f_new) = {observed:.3g}")
-    fig.update_layout(title=title, yaxis_title="risk (nats)", height=340, showlegend=False,
-                      margin=dict(l=10, r=10, t=40, b=10))
+    labels = [s[0] for s in steps]
+    values = [float(s[1]) for s in steps]
+    start, bound = values[0], values[-1]
+    if abs(bound) > 10 * max(abs(start), 1e-12):
+        colors = ["#636efa" if v >= 0 else "#ef553b" for v in values]
+        fig = go.Figure(go.Bar(y=labels, x=np.abs(np.array(values, dtype=np.float64)), orientation="h",
+                               marker_color=colors, text=[f"{v:+.3g}" for v in values], textposition="auto"))
+        fig.update_xaxes(type="log", title="size of each step (log scale; red: subtracted)")
+        fig.update_yaxes(autorange="reversed")
+        title = (title + " " if title else "") + "vacuous: the terms dwarf the gains"
+    else:
+        measures = ["absolute"] + ["relative"] * (len(steps) - 2) + ["total"]
+        text = [f"{v:+.3g}" if 0 < i < len(steps) - 1 else f"{v:.3g}" for i, v in enumerate(values)]
+        fig = go.Figure(go.Waterfall(x=labels, y=values, measure=measures, textposition="outside", text=text))
+        fig.update_yaxes(title="risk (nats)")
+        if observed is not None:
+            fig.add_hline(y=observed, line_dash="dot", annotation_text=f"observed L(f_new) = {observed:.3g}")
+    fig.update_layout(title=title, height=340, showlegend=False, margin=dict(l=10, r=10, t=40, b=10))
     return fig
 
 
