@@ -11,6 +11,7 @@ import streamlit as st
 
 import resx  # noqa: F401  (torch is imported on the main thread before any worker starts)
 from resx.config import DEFAULT_PRESET, PRESETS, ConfigError, OperatorCaps, RunConfig
+from resx.data import DataError
 from resx.jobs import JobManager
 from resx.pipeline import run_pipeline
 from resx.store import Store
@@ -99,7 +100,28 @@ def config_to_url(cfg: RunConfig, preset: str):
         st.query_params["run"] = run
 
 
-def config_form(current: RunConfig) -> tuple[RunConfig | None, str, bool]:
+def upload_panel() -> str | None:
+    """An .npz upload (arrays X and y), validated and kept under RESX_HOME/uploads; its path or None."""
+    from resx.data import save_upload
+
+    with st.expander("Your own arrays (.npz)"):
+        st.caption("An .npz holding X of shape (n, d), (n, H, W) or (n, C, H, W) and integer labels y (n,). "
+                   "Read without unpickling; size-limited.")
+        upload = st.file_uploader("Upload .npz", type=["npz"], key="npz_upload")
+        if upload is not None:
+            try:
+                path = save_upload(upload.getvalue(), get_manager().store.home / "uploads")
+            except DataError as e:
+                st.error(f"The upload was not used: {e}")
+                return None
+            st.session_state["npz_path"] = str(path)
+        path = st.session_state.get("npz_path")
+        if path and st.checkbox("Train on the uploaded arrays", value=True, key="use_npz"):
+            return path
+    return None
+
+
+def config_form(current: RunConfig, npz_path: str | None = None) -> tuple[RunConfig | None, str, bool]:
     """Preset and field widgets; returns (config or None when invalid, preset name, Run pressed)."""
     preset = st.query_params.get("preset", DEFAULT_PRESET)
     names = list(PRESETS)
@@ -121,9 +143,11 @@ def config_form(current: RunConfig) -> tuple[RunConfig | None, str, bool]:
             elif kind == "float":
                 values[name] = float(col.number_input(name, value=float(value), format="%g", help=HELP.get(name)))
         submitted = st.form_submit_button("Run", type="primary")
+    if npz_path:
+        values["dataset"], values["npz_path"] = "npz", npz_path
     try:
         cfg = caps().check(RunConfig.from_dict(values))
-    except ConfigError as e:
+    except (ConfigError, DataError) as e:
         st.error(f"{e}")
         return None, chosen, False
     return cfg, chosen, submitted

@@ -9,7 +9,7 @@ st.caption("Train a post-normalized residual network, measure the descent margin
            "point, insert a zero-initialised block, and compare the expanded model with a control.")
 
 manager = ui.get_manager()
-cfg, preset, run_pressed = ui.config_form(ui.config_from_url())
+cfg, preset, run_pressed = ui.config_form(ui.config_from_url(), npz_path=ui.upload_panel())
 if run_pressed and cfg is not None:
     mine = [r for r in st.session_state.setdefault("my_runs", []) if (s := manager.snapshot(r)) and s.is_active]
     if len(mine) >= ui.caps().max_running_per_session:

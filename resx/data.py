@@ -13,6 +13,7 @@ S, P and T are independent: synthetic tasks draw each from its own generator str
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import math
 import os
@@ -344,6 +345,30 @@ def load_npz(path: str, max_bytes: int = 200 * 2**20) -> tuple[np.ndarray, np.nd
         raise DataError(f"npz file {p} could not be read ({type(e).__name__}: {e}); expected an "
                         f"archive saved with np.savez holding arrays X and y") from None
     return _validate_arrays(X, y, str(p))
+
+
+def save_upload(content: bytes, folder: Path, max_bytes: int = 200 * 2**20) -> Path:
+    """Validate an uploaded .npz and keep it as folder/<sha256>.npz; return its path.
+
+    The bytes are checked by `load_npz` (no unpickling, size, shapes, labels) in a temporary
+    file first, so nothing invalid is ever kept; the same upload twice gives the same path.
+    """
+    if len(content) > max_bytes:
+        raise DataError(f"the upload is {len(content) / 2**20:.1f} MiB; the limit is {max_bytes / 2**20:.1f} MiB")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256(content).hexdigest()
+    final = folder / f"{digest}.npz"
+    if final.exists():
+        return final
+    tmp = folder / f".{digest}.{os.getpid()}.tmp"
+    try:
+        tmp.write_bytes(content)
+        load_npz(str(tmp), max_bytes)
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return final
 
 
 def _validate_arrays(X: np.ndarray, y: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:

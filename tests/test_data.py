@@ -349,3 +349,22 @@ def test_npz_size_limits_and_non_archives_are_refused(tmp_path):
         load_npz(str(pickled))
     with pytest.raises(DataError, match=r"does not exist"):
         load_npz(str(tmp_path / "absent.npz"))
+
+
+def test_uploads_are_validated_before_they_are_kept(tmp_path):
+    """A valid upload is kept once under its hash; an invalid one raises DataError and leaves nothing behind."""
+    import io
+
+    from resx.data import save_upload
+
+    good = io.BytesIO()
+    np.savez(good, X=np.random.default_rng(0).normal(size=(20, 3)).astype(np.float32), y=np.arange(20) % 2)
+    path = save_upload(good.getvalue(), tmp_path / "uploads")
+    assert path.exists() and save_upload(good.getvalue(), tmp_path / "uploads") == path
+    bad = io.BytesIO()
+    np.savez(bad, X=np.array([object()], dtype=object), y=np.array([0]))
+    with pytest.raises(DataError, match="unpickling"):
+        save_upload(bad.getvalue(), tmp_path / "uploads")
+    with pytest.raises(DataError, match="limit"):
+        save_upload(good.getvalue(), tmp_path / "uploads", max_bytes=10)
+    assert sorted(p.name for p in (tmp_path / "uploads").iterdir()) == [path.name]
