@@ -38,6 +38,7 @@ def test_run_demo_mlp_writes_a_valid_result(tmp_path):
     assert ins["position"] == cfg.position and ins["max_abs_logit_diff"] < 1e-4
     assert ins["live_parameters"] == [f"blocks.{cfg.position}.w2.weight", f"blocks.{cfg.position}.w2.bias"]
     assert result["timings"]["train_base"] > 0
+    _check_theory_keys(result, cfg)
     new = load_checkpoint(tmp_path, "new", cfg, result["input_shape"], result["num_classes"])
     assert len(new.blocks) == cfg.depth + 1
     x = torch.randn(4, *result["input_shape"])
@@ -80,3 +81,27 @@ def test_cli_runs_land_in_the_store_and_export(tmp_path):
     assert (tmp_path / "runs" / run_id / "result.json").exists()
     missing = _resx("runs", "show", "no-such-run", env=env)
     assert missing.returncode == 2 and "no-such-run" in missing.stderr
+
+
+def _check_theory_keys(result, cfg):
+    """The theory keys of result.json are there, and the route bounds equal their formulas."""
+    margins = result["margins"]
+    assert [m["position"] for m in margins] == list(range(cfg.num_positions))
+    for m in margins:
+        assert set(m) >= {"kappa2_U", "kappa2_U_se", "kappa2_cross", "kappa2_cross_se", "kappa2_train_naive",
+                          "kappa2_train_U", "observed", "kappa2_pop", "kappa2_pop_se"}
+        assert m["observed"] == (m["kappa2_U_lcb"] > 0)
+    jb = result["jumpboard"]
+    assert set(jb) >= {"eta", "L_S", "L_P", "L_T", "L_pop", "curve"} and jb["curve"][0]["eta"] == 0
+    t = result["terms"]
+    assert set(t) >= {"Delta_R", "Delta_R_T", "Delta_ERM", "eps_M", "eps_K", "hoeffding", "c", "delta", "bound_name"}
+    L_old = result["old"]["L_pop"]
+    assert abs(t["Delta_R"] - (L_old - result["f_J"]["L_pop"])) < 1e-6   # paired on one population sample
+    assert abs(t["Delta_ERM"] - (result["f_J"]["L_S"] - result["new"]["L_S"])) < 1e-9
+    A, B = result["routes"]["A"], result["routes"]["B"]
+    base = L_old - t["Delta_R"] - t["Delta_ERM"]
+    assert abs(A["bound"] - (base + 2 * t["eps_M"] + t["hoeffding"])) <= 1e-9 * abs(A["bound"])
+    assert abs(B["bound"] - (base + 2 * (t["eps_M"] + t["eps_K"]))) <= 1e-9 * abs(B["bound"])
+    for route in (A, B):
+        gain, cost = t["Delta_R"] + t["Delta_ERM"], route["cost"]
+        assert route["verdict"] == ("strict" if gain > cost else "not_certified" if gain < cost else "no_worse")
