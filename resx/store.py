@@ -234,11 +234,12 @@ class Store:
         rows = self._query(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?", (run_id,))
         return _run_dict(rows[0]) if rows else None
 
-    def list_runs(self, status: str | None = None, limit: int = 200) -> list[dict]:
-        """Runs newest first (without metrics), optionally only those with `status`."""
-        where, args = ("WHERE status = ?", (status,)) if status else ("", ())
+    def list_runs(self, status: str | None = None, limit: int = 200, name: str | None = None) -> list[dict]:
+        """Runs newest first (without metrics), optionally only those with `status` and/or `name`."""
+        conditions = [(c, v) for c, v in (("status = ?", status), ("name = ?", name)) if v]
+        where = ("WHERE " + " AND ".join(c for c, _ in conditions)) if conditions else ""
         rows = self._query(f"SELECT {_RUN_COLUMNS} FROM runs {where} "
-                           f"ORDER BY created DESC, id DESC LIMIT ?", (*args, int(limit)))
+                           f"ORDER BY created DESC, id DESC LIMIT ?", (*[v for _, v in conditions], int(limit)))
         return [_run_dict(r) for r in rows]
 
     def delete_run(self, run_id: str) -> bool:

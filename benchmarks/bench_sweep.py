@@ -1,0 +1,129 @@
+"""Sweep throughput, local process pool against Ray, and Ray's overhead per task (design.md "Scale-out").
+
+(a) cells per minute for one grid (depths x widths x seeds of a small mlp on the teacher task), run
+    in-process one cell after another (the baseline), on LocalExecutor(workers) and on a local Ray
+    with num_cpus=workers; pools are warmed by one untimed pass, start-up is timed apart;
+(b) one trivial task's round trip: a plain call, a LocalExecutor process-pool submit/result, and
+    ray.get(f.remote()), each `--calls` times one after another.
+
+Usage: python benchmarks/bench_sweep.py [--reps 3] [--workers 2] [--calls 50] [--cell tiny|small].
+Prints the machine, the versions, and the median (min - max) over the repetitions.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from resx.config import RunConfig  # noqa: E402
+from resx.sweep import LocalExecutor, RayExecutor, SweepSpec, run_cell, run_sweep  # noqa: E402
+
+CELLS = {  # the per-cell cost decides how much the executor's overhead matters
+    "tiny": RunConfig(n=128, n_probe=128, n_test=128, n_pop=1024, epochs=1, finetune_epochs=1),
+    "small": RunConfig(n=1000, n_probe=500, n_test=500, n_pop=8192, epochs=5, finetune_epochs=2),
+}
+
+
+def noop(config, cancel=None):
+    return {"cell": config}
+
+
+def spread(xs: list[float], unit: str = "", scale: float = 1.0) -> str:
+    xs = [scale * x for x in xs]
+    return f"{statistics.median(xs):10.2f}{unit}  ({min(xs):.2f} - {max(xs):.2f})"
+
+
+def throughput(spec: SweepSpec, executors: dict, reps: int) -> dict[str, list[float]]:
+    """Cells per minute of each executor; the executors take turns within each repetition, so that
+    a change in the machine's load falls on all of them alike."""
+    for executor in executors.values():
+        run_sweep(spec, executor)  # warm: workers started, torch imported, first-call costs paid
+    rates: dict[str, list[float]] = {name: [] for name in executors}
+    for _ in range(reps):
+        for name, executor in executors.items():
+            start = time.perf_counter()
+            cells = run_sweep(spec, executor)
+            rates[name].append(60 * len(cells) / (time.perf_counter() - start))
+            assert all(c["status"] == "done" for c in cells), [c["message"] for c in cells]
+    return rates
+
+
+class Serial:
+    """In this process, one cell after another: what a pool is measured against."""
+
+    def map(self, fn, configs, on_result, cancel=None):
+        for config in configs:
+            on_result(config, fn(config, cancel), None)
+
+
+def round_trips(executor, calls: int) -> list[float]:
+    out = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        executor.map(noop, [{}], lambda *a: None)
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--calls", type=int, default=50)
+    parser.add_argument("--cell", choices=sorted(CELLS), default="small")
+    args = parser.parse_args()
+    import ray
+
+    torch.set_num_threads(1)  # the serial baseline runs like one worker (one torch thread)
+    spec = SweepSpec(CELLS[args.cell], depths=[1, 2], widths=[16, 32], seeds=[0, 1, 2])
+    print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} cores; python {platform.python_version()}, torch {torch.__version__}, "
+          f"ray {ray.__version__}; load average {os.getloadavg()[0]:.1f} at start; {args.reps} reps, {args.workers} workers, 1 torch thread per cell")
+    print(f"(a) {len(spec.cells())} cells of '{args.cell}' {CELLS[args.cell].to_dict()}")
+    start = time.perf_counter()
+    local = LocalExecutor(args.workers)
+    local.map(noop, [{}] * args.workers, lambda *a: None)
+    local_up = time.perf_counter() - start
+    start = time.perf_counter()
+    rayx = RayExecutor(num_cpus=args.workers)
+    rayx.map(noop, [{}] * args.workers, lambda *a: None)
+    ray_up = time.perf_counter() - start
+    print(f"    start-up: local pool {local_up:.2f} s, local Ray {ray_up:.2f} s (to first answers)")
+    rates = throughput(spec, {"serial, in-process": Serial(), f"LocalExecutor({args.workers})": local,
+                              f"RayExecutor(num_cpus={args.workers})": rayx}, args.reps)
+    for name, xs in rates.items():
+        print(f"    {name:<28}{spread(xs, ' cells/min')}")
+    serial, on_local, on_ray = (statistics.median(xs) for xs in rates.values())
+    print(f"    speed-up over serial: local {on_local / serial:.2f}x, Ray {on_ray / serial:.2f}x; "
+          f"Ray / local {on_ray / on_local:.2f}")
+
+    print(f"(b) round trip of a trivial task, {args.calls} calls one after another")
+    plain = []
+    for _ in range(args.calls):
+        start = time.perf_counter()
+        noop({})
+        plain.append(time.perf_counter() - start)
+    print(f"    plain call                  {spread(plain, ' us', 1e6)}")
+    print(f"    LocalExecutor (process)     {spread(round_trips(local, args.calls), ' us', 1e6)}")
+    print(f"    Ray remote task             {spread(round_trips(rayx, args.calls), ' us', 1e6)}")
+    timed_cell = []
+    for _ in range(max(3, args.reps)):
+        start = time.perf_counter()
+        run_cell(spec.cells()[0].to_dict())
+        timed_cell.append(time.perf_counter() - start)
+    print(f"    for scale: one '{args.cell}' cell in-process {spread(timed_cell, ' ms', 1e3)}")
+    print(f"load average {os.getloadavg()[0]:.1f} at the end (other work on the machine skews every figure)")
+    local.shutdown()
+    rayx.shutdown()
+
+
+if __name__ == "__main__":
+    main()
