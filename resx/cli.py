@@ -183,8 +183,10 @@ def make_parser() -> argparse.ArgumentParser:
     runs.set_defaults(func=cmd_runs)
     presets = sub.add_parser("presets", help="list the presets and their configurations")
     presets.set_defaults(func=cmd_presets)
-    from .sweep import add_sweep_parser  # here: sweep reuses build_config from this module
+    from .figures import add_figures_parser  # here: both reuse build_config from this module
+    from .sweep import add_sweep_parser
     add_sweep_parser(sub)
+    add_figures_parser(sub)
     return parser
 
 
