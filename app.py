@@ -7,6 +7,9 @@ st.set_page_config(page_title="resx: depth expansion explorer", layout="wide")
 
 pages = [
     st.Page("pages/lab.py", title="Lab", icon=":material/science:", default=True, url_path="lab"),
+    st.Page("pages/signals.py", title="Signals", icon=":material/monitoring:", url_path="signals"),
+    st.Page("pages/scaling.py", title="Scaling", icon=":material/grid_on:", url_path="scaling"),
+    st.Page("pages/allocation.py", title="Allocation", icon=":material/table_chart:", url_path="allocation"),
     st.Page("pages/runs.py", title="Runs", icon=":material/history:", url_path="runs"),
     st.Page("pages/theory.py", title="Theory", icon=":material/functions:", url_path="theory"),
 ]

@@ -12,7 +12,7 @@ import streamlit as st
 import resx  # noqa: F401  (torch is imported on the main thread before any worker starts)
 from resx.config import DEFAULT_PRESET, PRESETS, ConfigError, OperatorCaps, RunConfig
 from resx.data import DataError
-from resx.jobs import JobManager
+from resx.jobs import JobManager, TaskRunner
 from resx.pipeline import run_pipeline
 from resx.store import Store
 
@@ -43,6 +43,7 @@ def operator_setting(name: str) -> str | None:
 
 
 MANAGERS: list[JobManager] = []  # every manager this process made, so tests and exit can shut them down
+TASK_RUNNERS: list[TaskRunner] = []
 
 
 @st.cache_resource
@@ -57,6 +58,37 @@ def get_manager() -> JobManager:
     MANAGERS.append(manager)
     atexit.register(manager.shutdown, wait=True, timeout=5)
     return manager
+
+
+@st.cache_resource
+def get_tasks() -> TaskRunner:
+    """One background thread per server for sweeps and figure runs, one task at a time."""
+    runner = TaskRunner()
+    TASK_RUNNERS.append(runner)
+    atexit.register(runner.shutdown, timeout=5)
+    return runner
+
+
+def ints(text: str, field: str) -> tuple[int, ...]:
+    """'1, 2,4' -> (1, 2, 4); anything else raises ConfigError naming the field."""
+    try:
+        values = tuple(int(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise ConfigError(field, text, "comma-separated integers, e.g. 1,2,4") from None
+    if not values:
+        raise ConfigError(field, text, "at least one integer")
+    return values
+
+
+def task_status(snap, container=None):
+    """A background task's state: its last progress lines, or its error."""
+    container = container or st
+    if snap.is_active:
+        container.info(f"`{snap.task_id}` {snap.status}: {snap.lines[-1] if snap.lines else 'starting'}")
+    elif snap.status == "failed":
+        container.error(f"`{snap.task_id}` failed: {snap.error}")
+    elif snap.status == "cancelled":
+        container.warning(f"`{snap.task_id}` was cancelled; what finished is kept.")
 
 
 def caps() -> OperatorCaps:

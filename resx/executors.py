@@ -37,6 +37,24 @@ class Executor(Protocol):
     def shutdown(self) -> None: ...
 
 
+class InlineExecutor:
+    """Cells one after another in the calling thread: the app's default on a small shared server
+    (one job at a time, no extra processes). The thread's torch thread count is left alone."""
+
+    def map(self, fn, configs, on_result, cancel=None) -> None:
+        for config in configs:
+            if cancel is not None and cancel.is_set():
+                return
+            try:
+                payload, error = fn(config, cancel), None
+            except BaseException as e:  # noqa: BLE001 (reported, like the other executors)
+                payload, error = None, e
+            on_result(config, payload, error)
+
+    def shutdown(self) -> None:
+        pass
+
+
 _WORKER_CANCEL = None  # the pool's multiprocessing Event, in each worker process
 
 

@@ -374,3 +374,105 @@ def _snapshot_from_store(store: Store, run_id: str) -> JobSnapshot | None:
                        tuple(r for r in records if r.name != PROGRESS), run["result"],
                        run["message"] if run["status"] == "failed" else None, run["message"],
                        None, run["config"], run["created"], run["started"], run["finished"])
+
+
+@dataclass(frozen=True)
+class TaskSnapshot:
+    task_id: str
+    kind: str                        # "sweep" | "figures"
+    status: str                      # queued running done failed cancelled
+    lines: tuple[str, ...]           # progress messages, newest last
+    result: object
+    error: str | None
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in ACTIVE
+
+
+class TaskRunner:
+    """Sweeps and figure runs, one at a time, in one long-lived background thread.
+
+    A task is fn(cancel: Event, say: Callable[[str], None]) -> result. The thread outlives every
+    Streamlit script run, so a Ray cluster or process pool a task starts is owned by it, not by
+    a page (design.md "Scale-out").
+    """
+
+    def __init__(self, keep: int = 32):
+        self._cond = threading.Condition()
+        self._tasks: dict[str, dict] = {}
+        self._queue: collections.deque[str] = collections.deque()
+        self._keep, self._closing, self._count = keep, False, 0
+        self._thread = threading.Thread(target=self._work, name="resx-tasks", daemon=True)
+        self._thread.start()
+
+    def submit(self, kind: str, fn: Callable[[threading.Event, Callable[[str], None]], object]) -> str:
+        with self._cond:
+            if self._closing:
+                raise RuntimeError("the task runner is shut down")
+            self._count += 1
+            task_id = f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-{self._count}"
+            self._tasks[task_id] = {"kind": kind, "fn": fn, "status": "queued", "lines": [], "result": None,
+                                    "error": None, "cancel": threading.Event()}
+            self._queue.append(task_id)
+            self._cond.notify_all()
+        return task_id
+
+    def cancel(self, task_id: str) -> bool:
+        with self._cond:
+            task = self._tasks.get(task_id)
+            if task is None or task["status"] not in ACTIVE:
+                return False
+            task["cancel"].set()
+            if task["status"] == "queued":
+                self._queue.remove(task_id)
+                task["status"] = "cancelled"
+            return True
+
+    def snapshot(self, task_id: str) -> TaskSnapshot | None:
+        with self._cond:
+            t = self._tasks.get(task_id)
+            if t is None:
+                return None
+            return TaskSnapshot(task_id, t["kind"], t["status"], tuple(t["lines"][-200:]), t["result"], t["error"])
+
+    def latest(self, kind: str) -> TaskSnapshot | None:
+        with self._cond:
+            ids = [i for i, t in self._tasks.items() if t["kind"] == kind]
+        return self.snapshot(ids[-1]) if ids else None
+
+    def shutdown(self, timeout: float = 10) -> bool:
+        with self._cond:
+            self._closing = True
+            for task in self._tasks.values():
+                task["cancel"].set()
+            self._cond.notify_all()
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing:
+                    self._cond.wait()
+                if self._closing:
+                    return
+                task_id = self._queue.popleft()
+                task = self._tasks[task_id]
+                task["status"] = "running"
+
+            def say(line: str, task=task):
+                with self._cond:
+                    task["lines"].append(line)
+
+            try:
+                result = task["fn"](task["cancel"], say)
+                status, error = ("cancelled" if task["cancel"].is_set() else "done"), None
+            except Exception as e:  # noqa: BLE001 (a task's failure is shown, not raised)
+                log.exception("task %s failed", task_id)
+                result, status, error = None, "failed", f"{type(e).__name__}: {e}"
+            with self._cond:
+                task.update(result=result, status=status, error=error)
+                finished = [i for i, t in self._tasks.items() if t["status"] not in ACTIVE]
+                for old in finished[:-self._keep]:
+                    del self._tasks[old]

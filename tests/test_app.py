@@ -17,6 +17,8 @@ def app_home(tmp_path, monkeypatch):
     import ui
     while ui.MANAGERS:
         ui.MANAGERS.pop().shutdown(wait=True, timeout=10)
+    while ui.TASK_RUNNERS:
+        ui.TASK_RUNNERS.pop().shutdown(timeout=30)
     st.cache_resource.clear()
 
 
@@ -92,3 +94,50 @@ def test_theory_page_renders_every_formula(app_home):
     assert not at.exception
     assert len(at.get("latex")) >= 10
     assert any("Descent" in h.value for h in at.header)
+
+
+def test_scaling_page_runs_a_grid_and_draws_figure_3(app_home):
+    """A 1x2 grid run from the Scaling page lands in the store and draws figure 3, the theory map and a heatmap."""
+    import ui
+
+    at = AppTest.from_file("../app.py", default_timeout=TIMEOUT)
+    at.switch_page("pages/scaling.py").run()
+    assert not at.exception
+    for label, value in (("depths", "1"), ("widths", "8,16"), ("seeds", "0")):
+        next(w for w in at.text_input if w.label == label).set_value(value)
+    next(w for w in at.number_input if w.label == "epochs").set_value(1)
+    next(b for b in at.button if b.label == "Run the grid").click().run()
+    runner = ui.TASK_RUNNERS[-1]
+    deadline = time.monotonic() + 180
+    while (snap := runner.latest("sweep")).is_active and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert snap.status == "done", snap.error
+    assert [c["width"] for c in snap.result] == [8, 16]
+    at.run()
+    assert not at.exception
+    assert len(at.get("plotly_chart")) >= 3
+
+
+def test_scaling_page_rejects_a_bad_grid(app_home):
+    """Depths that are not integers give an error naming the field; nothing is submitted."""
+    at = AppTest.from_file("../app.py", default_timeout=TIMEOUT)
+    at.switch_page("pages/scaling.py").run()
+    next(w for w in at.text_input if w.label == "depths").set_value("1,two")
+    next(b for b in at.button if b.label == "Run the grid").click().run()
+    assert any("depths" in e.value and "integers" in e.value for e in at.error)
+
+
+def test_allocation_page_shows_table_3(app_home):
+    """The Allocation page shows the eight GPT-3 configurations beside the law's projection."""
+    at = AppTest.from_file("../app.py", default_timeout=TIMEOUT)
+    at.switch_page("pages/allocation.py").run()
+    assert not at.exception
+    assert len(at.dataframe[0].value) == 8
+
+
+def test_signals_page_offers_the_figures(app_home):
+    """The Signals page renders its form and explains what it computes before anything runs."""
+    at = AppTest.from_file("../app.py", default_timeout=TIMEOUT)
+    at.switch_page("pages/signals.py").run()
+    assert not at.exception
+    assert any(b.label.startswith("Compute figures") for b in at.button)

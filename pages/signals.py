@@ -1,0 +1,66 @@
+"""Signals: the paper's figures 1 and 2, and observability against width and n (design.md "Pages" 2)."""
+import streamlit as st
+
+import ui
+from resx.config import ConfigError
+from resx.figures import FigureSettings, make_figures
+from resx import figure_plots as fp
+
+st.title("Signals")
+st.caption("Activation-gradient statistics of trained ResNets: the covariance before the head (figure 1), "
+           "the decay of the first-order average signal with depth (figure 2), and how width and n make a "
+           "weak mean gradient observable. " + ui.theory_link("5-signals"))
+
+tasks = ui.get_tasks()
+with st.form("signals"):
+    cols = st.columns(3)
+    dataset = cols[0].selectbox("dataset", ["shapes", "cifar10", "cifar100", "mnist", "fashion-mnist"])
+    size = cols[1].radio("size", ["quick (minutes on a CPU)", "paper (hours on a CPU)"])
+    seed = cols[2].number_input("seed", value=0, step=1)
+    go = st.form_submit_button("Compute figures 1, 2 and observability", type="primary")
+if go:
+    make = FigureSettings.quick if size.startswith("quick") else FigureSettings.paper
+    try:
+        settings = make(dataset=dataset, seed=int(seed))
+    except ConfigError as e:
+        st.error(str(e))
+        st.stop()
+    out = ui.get_manager().store.home / "figures"
+
+    def job(cancel, say):
+        return make_figures(out, settings, only=["fig1", "fig2", "observability"], png=False, progress=say,
+                            cancel=cancel)
+
+    st.session_state["signals_task"] = tasks.submit("figures", job)
+
+task_id = st.session_state.get("signals_task")
+if not task_id:
+    st.info("Press the button to train the models and measure their gradients.")
+    st.stop()
+
+
+@st.fragment(run_every=2.0)
+def panels():
+    snap = tasks.snapshot(task_id)
+    ui.task_status(snap)
+    if snap.is_active and st.button("Stop", key="stop_signals"):
+        tasks.cancel(task_id)
+    if snap.status != "done":
+        return
+    data = snap.result
+    f1, curves, rows = data["fig1"], data["fig2"], data["observability"]
+    st.subheader("Figure 1: covariance of the activation gradient before the head")
+    st.plotly_chart(fp.fig1_covariance(f1["main"]["cov"], title=f1["main"]["label"],
+                                       num_classes=f1["main"]["num_classes"]), key="fig1")
+    st.plotly_chart(fp.fig1_offdiag(f1["wide"]["cov"], title=f1["wide"]["label"]), key="fig1d")
+    st.subheader("Figure 2: first-order average signal against block index")
+    st.plotly_chart(fp.fig2_signal_decay(curves), key="fig2")
+    st.subheader("Observability of a weak mean gradient")
+    left, right = st.columns(2)
+    left.plotly_chart(fp.observability_plot(rows, x="n"), key="obs_n")
+    right.plotly_chart(fp.observability_plot(rows, x="width"), key="obs_w")
+    st.caption("z = ||gbar||^2 / sqrt(gbar' Sigma gbar / n); z_unbiased removes the tr(Sigma)/n bias of "
+               "||gbar||^2. " + ui.theory_link("5-signals"))
+
+
+panels()
