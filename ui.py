@@ -281,8 +281,10 @@ def routes_panel(result: dict):
                    + theory_link("8-the-two-test-risk-guarantees"))
     beats = result.get("expansion_beats_control")
     if beats:
-        verdict = "beat" if beats["beats"] else "did not beat"
-        st.markdown(f"The fine-tuned expanded model **{verdict}** the control on {beats['risk']}: "
-                    f"{fmt(beats['new'])} against {fmt(beats['control'])}.")
+        verdict = {"beats": "beat", "loses": "lost to", "ties": "tied with (within 2 paired standard errors)"}[
+            beats["verdict"]]
+        st.markdown(f"The fine-tuned expanded model **{verdict}** the control, which trained the old model on "
+                    f"for as many steps: {beats['risk']} {fmt(beats['new'])} against {fmt(beats['control'])}, "
+                    f"difference {fmt(beats['difference'], beats['difference_se'])}.")
     with st.expander("Every term"):
         st.table({k: [fmt(v) if isinstance(v, float) else str(v)] for k, v in terms.items()})

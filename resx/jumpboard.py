@@ -21,7 +21,7 @@ from .margins import normalised_branch
 from .models import BasicBlock
 from .train import per_sample_losses, risk
 
-GRID_POINTS = 24           # log-spaced step sizes, plus eta = 0 as the reference
+GRID_POINTS = 16           # log-spaced step sizes, plus eta = 0 as the reference
 GRID_RANGE = (1e-3, 1e1)   # in units of `step_scale`: from "no visible change" to "past any Taylor regime"
 MIN_FIT_POINTS = 4         # the quadratic fit uses at least the 4 smallest steps
 
