@@ -5,8 +5,17 @@ import ui
 
 st.set_page_config(page_title="resx: depth expansion explorer", layout="wide")
 
+LAB = st.Page("pages/lab.py", title="Lab", icon=":material/science:", url_path="lab")
+
+
+def home():
+    """'/' opens the Lab at /lab, keeping the query (?run=..., the configuration)."""
+    st.switch_page(LAB, query_params=st.query_params.to_dict())
+
+
 pages = [
-    st.Page("pages/lab.py", title="Lab", icon=":material/science:", default=True, url_path="lab"),
+    st.Page(home, title="Lab", url_path="home", default=True, visibility="hidden"),
+    LAB,
     st.Page("pages/signals.py", title="Signals", icon=":material/monitoring:", url_path="signals"),
     st.Page("pages/scaling.py", title="Scaling", icon=":material/grid_on:", url_path="scaling"),
     st.Page("pages/allocation.py", title="Allocation", icon=":material/table_chart:", url_path="allocation"),
@@ -18,8 +27,12 @@ page = st.navigation(pages)
 manager = ui.get_manager()
 with st.sidebar:
     st.caption("Jobs on this server")
-    active = manager.active()
-    st.write(f"{len(active)} running or queued, {manager.workers} at a time")
+
+    @st.fragment(run_every=2.0)
+    def job_count():
+        st.write(f"{len(manager.active())} running or queued, {manager.workers} at a time")
+
+    job_count()
     st.caption("resx explores arXiv 2605.08297: inserting a zero-initialised residual block "
                "into a trained post-normalized network. Every number links to its formula.")
 page.run()

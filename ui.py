@@ -97,7 +97,7 @@ def caps() -> OperatorCaps:
 
 def theory_link(anchor: str, text: str = "how this is computed") -> str:
     """Markdown link to a section of the Theory page."""
-    return f"[{text}](/theory#{anchor})"
+    return f"[{text}](theory#{anchor})"  # relative: works under server.baseUrlPath
 
 
 def config_from_url() -> RunConfig:
@@ -171,9 +171,10 @@ def config_form(current: RunConfig, npz_path: str | None = None) -> tuple[RunCon
                 options = CHOICES[name]
                 values[name] = col.selectbox(name, options, index=options.index(value), help=HELP.get(name))
             elif kind == "int":
-                values[name] = int(col.number_input(name, value=value, step=1, help=HELP.get(name)))
+                values[name] = int(col.number_input(name, value=value, min_value=0, step=1, help=HELP.get(name)))
             elif kind == "float":
-                values[name] = float(col.number_input(name, value=float(value), format="%g", help=HELP.get(name)))
+                values[name] = float(col.number_input(name, value=float(value), min_value=0.0, format="%g",
+                                                      help=HELP.get(name)))
         submitted = st.form_submit_button("Run", type="primary")
     if npz_path:
         values["dataset"], values["npz_path"] = "npz", npz_path
@@ -195,15 +196,30 @@ def status_banner(container, snap):
     """The final status of a run, with its message (divergence step and loss, failure, cancellation)."""
     text = f"Run `{snap.run_id}`: **{snap.status}**"
     if snap.message:
-        text += f". {snap.message}"
+        message = snap.message
+        if message.lower().startswith(snap.status):  # "cancelled during base at step 784"
+            message = message[len(snap.status):].lstrip(" :.")
+        for phase, label in PHASE_LABELS.items():
+            message = message.replace(f"during {phase} ", f"during {label} ").replace(f"of {phase}:", f"of {label}:")
+        text += f": {message}"
     {"done": container.success, "cancelled": container.warning, "interrupted": container.warning}.get(
         snap.status, container.error)(text)
 
 
+SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
 def fmt(value, se=None, digits=4) -> str:
+    """A number for reading: 0.0123, 1.34 ± 0.003, 6.69×10⁴ (no e-notation on screen)."""
     if value is None:
         return "n/a"
-    return f"{value:.{digits}g} ± {se:.2g}" if se is not None else f"{value:.{digits}g}"
+    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
+        return str(value)
+    text = f"{value:.{digits}g}"
+    if "e" in text:
+        mantissa, exponent = f"{value:.{digits - 1}e}".split("e")
+        text = f"{float(mantissa):.{digits}g}×10{str(int(exponent)).translate(SUPERSCRIPT)}"
+    return f"{text} ± {se:.2g}" if se is not None else text
 
 
 def margin_panel(result: dict, config: dict):
@@ -220,9 +236,12 @@ def margin_panel(result: dict, config: dict):
     badge = ":green-badge[descent condition observed]" if m["observed"] else ":orange-badge[descent condition not observed]"
     st.markdown(f"Position **{chosen}**: {badge}")
     cols = st.columns(3)
-    cols[0].metric("U_P (probe)", fmt(m["kappa2_U"], m["kappa2_U_se"]), help="lower bound " + fmt(m.get("kappa2_U_lcb")))
-    cols[1].metric("||G_S||^2 (training)", fmt(m["kappa2_train_naive"]))
-    cols[2].metric("kappa^2 (population)", fmt(m.get("kappa2_pop"), m.get("kappa2_pop_se")))
+    cols[0].metric("U_P (probe)", fmt(m["kappa2_U"], digits=3), help="one-sided lower bound " + fmt(m.get("kappa2_U_lcb")))
+    cols[0].caption(f"± {fmt(m['kappa2_U_se'], digits=2)} (1 SE)")
+    cols[1].metric("||G_S||^2 (training)", fmt(m["kappa2_train_naive"], digits=3))
+    cols[2].metric("kappa^2 (population)", fmt(m.get("kappa2_pop"), digits=3))
+    if m.get("kappa2_pop_se") is not None:
+        cols[2].caption(f"± {fmt(m['kappa2_pop_se'], digits=2)} (1 SE)")
     st.caption("Observed means the one-sided lower confidence bound of U_P is above 0. The training margin is "
                "smaller because the old model was fit on S. " + theory_link("4-descent-margins"))
 
@@ -276,9 +295,8 @@ def routes_panel(result: dict):
                    f"kind stops being vacuous only from n = {fmt(max(need)) if need else 'never'} "
                    f"(this run has n = {terms['n']}). Observed gaps |L_T - L_S|: f_new {fmt(terms.get('gap_new'))}, "
                    f"f_J {fmt(terms.get('gap_J'))}.")
-    if routes.get("tighter"):
-        st.caption(f"Tighter: route {routes['tighter']}. {routes.get('tighter_reason', '')} "
-                   + theory_link("8-the-two-test-risk-guarantees"))
+    if routes.get("tighter_reason"):
+        st.caption(routes["tighter_reason"].capitalize() + ". " + theory_link("8-the-two-test-risk-guarantees"))
     beats = result.get("expansion_beats_control")
     if beats:
         verdict = {"beats": "beat", "loses": "lost to", "ties": "tied with (within 2 paired standard errors)"}[

@@ -12,9 +12,11 @@ law = LEVINE_2020.to_dict()
 st.caption("Levine et al. 2020 find that the optimal depth grows like the log of the width. "
            + ui.theory_link("9-scaling", "The form, the constants and their source"))
 rows = table3(LEVINE_2020)
-st.dataframe(pd.DataFrame(rows), hide_index=True, key="table3")
+st.dataframe(pd.DataFrame(rows), hide_index=True, key="table3",
+             column_config={"n_params": st.column_config.NumberColumn(format="compact")})
 st.plotly_chart(fp.allocation_table_figure(rows, law), key="table3_fig")
-st.json(law, expanded=False)
+with st.expander("Constants of the law and their source"):
+    st.json(law)
 
 st.subheader("The same law on your grid")
 store = ui.get_manager().store
@@ -31,4 +33,5 @@ except ValueError as e:
     st.warning(f"No fit on this grid: {e}")
     st.stop()
 st.plotly_chart(fp.allocation_fit_figure(fit), key="fit")
-st.json(fit, expanded=False)
+with st.expander("The fitted constants with their standard errors"):
+    st.json(fit)

@@ -9,7 +9,11 @@ st.caption("Train a post-normalized residual network, measure the descent margin
            "point, insert a zero-initialised block, and compare the expanded model with a control.")
 
 manager = ui.get_manager()
-cfg, preset, run_pressed = ui.config_form(ui.config_from_url(), npz_path=ui.upload_panel())
+shown = ui.config_from_url()
+linked = st.query_params.get("run")
+if linked and set(st.query_params) <= {"run", "preset"} and (snap := manager.snapshot(linked)):
+    shown = ui.RunConfig.from_dict(snap.config)  # a shared ?run= link shows that run's configuration
+cfg, preset, run_pressed = ui.config_form(shown, npz_path=ui.upload_panel())
 if run_pressed and cfg is not None:
     mine = [r for r in st.session_state.setdefault("my_runs", []) if (s := manager.snapshot(r)) and s.is_active]
     if len(mine) >= ui.caps().max_running_per_session:
@@ -35,6 +39,8 @@ if first is None:
 @st.fragment(run_every=1.0 if first.is_active else None)
 def live():
     snap = manager.snapshot(run_id)
+    if first.is_active and not snap.is_active:
+        st.rerun()  # the job ended: one full rerun redraws the page without polling
     result = snap.result or {}
     head, stop = st.columns([5, 1])
     if snap.status == "queued":
@@ -43,11 +49,14 @@ def live():
         head.progress(snap.progress or 0.0, text=f"Run `{run_id}`: {ui.PHASE_LABELS.get(snap.phase, snap.phase or 'starting')}")
     else:
         ui.status_banner(head, snap)
-    if snap.is_active and stop.button("Stop", key="stop"):
+    if snap.is_active and stop.button("Stop run", key="stop", help="cancels the training job; the records so far are kept"):
         manager.cancel(run_id)
 
     st.subheader("Training curves")
-    st.plotly_chart(plots.training_curves(snap.records), key="curves")
+    if any(r.name == "loss" for r in snap.records):
+        st.plotly_chart(plots.training_curves(snap.records), key="curves")
+    else:
+        st.caption("The first point appears when the first evaluation ends.")
     st.caption("L_S on the training sample, L_T on the test sample, L on a fresh population sample "
                "(band: one standard error); dotted: the control. " + ui.theory_link("1-setting"))
 
@@ -71,8 +80,6 @@ def live():
 
     st.subheader("The two test-risk guarantees")
     ui.routes_panel(result)
-    if first.is_active and not snap.is_active:
-        st.rerun()  # the job ended: one full rerun redraws the page without polling
 
 
 live()

@@ -1,4 +1,5 @@
 """Runs: the history in the store; compare, export, delete (design.md "Pages" 5)."""
+import functools
 import tempfile
 from pathlib import Path
 
@@ -20,21 +21,24 @@ if not runs:
 table = pd.DataFrame([{
     "id": r["id"], "status": r["status"], "source": r["source"], "dataset": r["config"].get("dataset"),
     "arch": r["config"].get("arch"), "depth": r["config"].get("depth"), "width": r["config"].get("width"),
-    "position": r["config"].get("position"), "created": r["created"],
+    "position": r["config"].get("position"), "created": pd.to_datetime(r["created"]),
 } for r in runs])
-picked = st.dataframe(table, hide_index=True, on_select="rerun", selection_mode="multi-row", key="runs_table")
+picked = st.dataframe(table, hide_index=True, on_select="rerun", selection_mode="multi-row", key="runs_table",
+                      column_config={"created": st.column_config.DatetimeColumn("created", format="YYYY-MM-DD HH:mm:ss")})
 ids = [table.iloc[i]["id"] for i in picked.selection.rows]
 if not ids:
     st.caption("Select one or more rows to compare, export or delete.")
     st.stop()
 
+st.subheader("Risk curves")
 st.plotly_chart(plots.runs_overlay({i: store.records(i) for i in ids}), key="overlay")
-configs = pd.DataFrame({i: store.get_run(i)["config"] for i in ids})
+configs = pd.DataFrame({i: store.get_run(i)["config"] for i in ids}).astype(str)
 if len(ids) > 1:
-    differs = configs.astype(str).nunique(axis=1) > 1
+    differs = configs.nunique(axis=1) > 1
     st.subheader("Where the configurations differ")
     st.dataframe(configs[differs] if differs.any() else configs, key="config_diff")
 else:
+    st.subheader("Configuration")
     st.dataframe(configs, key="config_one")
 
 
@@ -47,11 +51,13 @@ def exported(run_id: str, kind: str) -> bytes:
 
 for run_id in ids:
     cols = st.columns([2, 1, 1, 1])
-    cols[0].markdown(f"`{run_id}` [open in the Lab](/lab?run={run_id})")
-    cols[1].download_button("metrics CSV", exported(run_id, "csv"), f"{run_id}.csv", "text/csv", key=f"csv{run_id}")
-    cols[2].download_button("run JSON", exported(run_id, "json"), f"{run_id}.json", "application/json",
-                            key=f"json{run_id}")
-    if cols[3].button("Delete", key=f"del{run_id}"):
+    cols[0].page_link("pages/lab.py", label=f"open {run_id} in the Lab", query_params={"run": run_id})
+    cols[1].download_button("metrics CSV", functools.partial(exported, run_id, "csv"), f"{run_id}.csv", "text/csv",
+                            key=f"csv{run_id}", on_click="ignore")
+    cols[2].download_button("run JSON", functools.partial(exported, run_id, "json"), f"{run_id}.json",
+                            "application/json", key=f"json{run_id}", on_click="ignore")
+    confirm = cols[3].checkbox("confirm", key=f"confirm{run_id}", help="tick, then Delete: the run's records go too")
+    if cols[3].button("Delete", key=f"del{run_id}", disabled=not confirm):
         snap = ui.get_manager().snapshot(run_id)
         if snap is not None and snap.is_active:
             st.error(f"{run_id} is still {snap.status}; stop it in the Lab first.")

@@ -25,7 +25,9 @@ with st.form("sweep"):
     seeds = cols[0].text_input("seeds", "0,1")
     epochs = cols[1].number_input("epochs", value=PRESETS["demo-mlp"].epochs, step=1)
     executor = cols[2].selectbox("executor", ["this server, one cell at a time", "local processes", "Ray"])
-    ray_address = cols[3].text_input("Ray address (empty: start a local one)", "")
+    ray_address = ui.operator_setting("RESX_RAY_ADDRESS")  # the operator's cluster, never typed into the page
+    cols[3].caption(f"Ray: {'the cluster at ' + ray_address if ray_address else 'a local one, started for the grid'} "
+                    "(operator setting RESX_RAY_ADDRESS)")
     go = st.form_submit_button("Run the grid", type="primary")
 if go:
     try:

@@ -13,7 +13,8 @@ from .records import Record
 
 MAX_POINTS = 2000
 SPLIT_NAMES = {"S": "L_S (train)", "T": "L_T (test)", "pop": "L (population)", "P": "L_P (probe)"}
-PHASE_DASH = {"base": "solid", "new": "solid", "control": "dot"}
+PHASE_DASH = {"base": "solid", "new": "dash", "control": "dot"}
+SPLIT_COLORS = {"S": "#1f77b4", "T": "#d62728", "pop": "#2ca02c", "P": "#9467bd"}
 
 
 def downsample(x: np.ndarray, y: np.ndarray, max_points: int = MAX_POINTS):
@@ -25,8 +26,11 @@ def downsample(x: np.ndarray, y: np.ndarray, max_points: int = MAX_POINTS):
 
 
 def training_curves(records: Iterable[Record], insert_step: int | None = None) -> go.Figure:
-    """L_S, L_T and L against global step, base then new (solid) and control (dotted); the
-    population curve carries a band of +-1 standard error; a vertical line marks the insertion."""
+    """L_S, L_T and L against global step, base (solid) then expanded (dashed) and control (dotted); the
+    population curve carries a band of +-1 standard error; a vertical line marks the insertion
+    once it has happened. Colour says the split, dash the phase."""
+    records = list(records)
+    inserted = any(r.phase in ("insert", "jumpboard", "new", "control") for r in records)
     records = [r for r in records if r.name == "loss" and r.phase in PHASE_DASH]
     base_end = max((r.step for r in records if r.phase == "base"), default=0)
     fig = go.Figure()
@@ -42,17 +46,19 @@ def training_curves(records: Iterable[Record], insert_step: int | None = None) -
             name = label if phase != "control" else f"{label}, control"
             if phase == "new":
                 name = f"{label}, expanded"
-            fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=name,
-                                     line=dict(dash=PHASE_DASH[phase]), legendgroup=f"{phase}{split}"))
+            fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=name, legendgroup=f"{phase}{split}",
+                                     line=dict(dash=PHASE_DASH[phase], color=SPLIT_COLORS[split]),
+                                     marker=dict(color=SPLIT_COLORS[split], size=4)))
             if split == "pop" and all(r.stderr is not None for r in rs):
                 se = np.array([r.stderr for r in rs], dtype=np.float32)
                 xs, ys = downsample(np.array([r.step + offset for r in rs], dtype=np.float32),
                                     np.array([r.value for r in rs], dtype=np.float32))
                 _, ses = downsample(np.array([r.step + offset for r in rs], dtype=np.float32), se)
                 fig.add_trace(go.Scatter(x=np.r_[xs, xs[::-1]], y=np.r_[ys + ses, (ys - ses)[::-1]],
-                                         fill="toself", line=dict(width=0), opacity=0.25, showlegend=False,
+                                         fill="toself", line=dict(width=0), opacity=0.2, showlegend=False,
+                                         fillcolor=SPLIT_COLORS[split],
                                          hoverinfo="skip", legendgroup=f"{phase}{split}"))
-    if base_end:
+    if base_end and (inserted or insert_step is not None):
         fig.add_vline(x=insert_step if insert_step is not None else base_end, line_dash="dash",
                       annotation_text="insert block")
     fig.update_layout(xaxis_title="step", yaxis_title="cross-entropy (nats)", height=380,
@@ -116,7 +122,9 @@ def jumpboard_curve(jumpboard: dict) -> go.Figure:
         fig.add_trace(go.Scatter(x=eta, y=np.array([c[key] for c in curve], dtype=np.float32), name=label,
                                  mode="lines+markers" if dash == "solid" else "lines", line=dict(dash=dash)))
     if jumpboard.get("eta"):
-        fig.add_vline(x=jumpboard["eta"], line_dash="dot", annotation_text="eta*")
+        fig.add_vline(x=jumpboard["eta"], line_dash="dot")  # an annotation on a log axis takes log10(x)
+        fig.add_annotation(x=float(np.log10(jumpboard["eta"])), y=1, yref="paper", text="eta*",
+                           showarrow=False, xanchor="left", yanchor="top")
     ys = [c[k] for c in curve for k in ("L_S", "L_P", "L_T", "L_pop") if c.get(k) is not None]
     if ys:  # keep the measured curves in view; the predictions may leave it
         lo, hi = min(ys), max(ys)
@@ -138,8 +146,9 @@ def route_waterfall(route: dict, observed: float | None = None, title: str = "")
     start, bound = values[0], values[-1]
     if abs(bound) > 10 * max(abs(start), 1e-12):
         colors = ["#636efa" if v >= 0 else "#ef553b" for v in values]
+        text = [f"{v:.3g}" if i in (0, len(values) - 1) else f"{v:+.3g}" for i, v in enumerate(values)]
         fig = go.Figure(go.Bar(y=labels, x=np.abs(np.array(values, dtype=np.float64)), orientation="h",
-                               marker_color=colors, text=[f"{v:+.3g}" for v in values], textposition="auto"))
+                               marker_color=colors, text=text, textposition="auto"))
         fig.update_xaxes(type="log", title="size of each step (log scale; red: subtracted)")
         fig.update_yaxes(autorange="reversed")
         title = (title + " " if title else "") + "vacuous: the terms dwarf the gains"
@@ -169,6 +178,7 @@ def runs_overlay(runs: dict[str, list[Record]], split: str = "pop") -> go.Figure
             x, y = downsample(x, y)
             fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=f"{label} ({'L' if use == 'pop' else 'L_T'}, {phase})",
                                      legendgroup=label))
-    fig.update_layout(xaxis_title="step", yaxis_title="risk (nats)", height=380, margin=dict(l=10, r=10, t=30, b=10),
+    fig.update_layout(title="Population risk (or test risk where there is none) of each selected run",
+                      xaxis_title="step", yaxis_title="risk (nats)", height=380, margin=dict(l=10, r=10, t=40, b=10),
                       legend=dict(orientation="h", y=-0.25))
     return fig
