@@ -121,6 +121,7 @@ def cmd_runs(args) -> int:
     from .store import Store
 
     store = Store()
+    store.recover_interrupted()  # runs whose process died (kill -9, a crash) read as interrupted
     if args.action == "list":
         for run in store.list_runs(status=args.status):
             cfg = run["config"]
