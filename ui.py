@@ -80,15 +80,23 @@ def ints(text: str, field: str) -> tuple[int, ...]:
     return values
 
 
-def task_status(snap, container=None):
-    """A background task's state: its last progress lines, or its error."""
-    container = container or st
+def task_panel(task_id: str, stop_label: str):
+    """A background task's state (last progress line, error, cancellation) with its Stop button;
+    returns its snapshot. Call inside a fragment that ticks."""
+    tasks = get_tasks()
+    snap = tasks.snapshot(task_id)
+    if snap is None:
+        st.warning(f"Task `{task_id}` is no longer known to this server.")
+        return None
     if snap.is_active:
-        container.info(f"`{snap.task_id}` {snap.status}: {snap.lines[-1] if snap.lines else 'starting'}")
+        st.info(f"`{snap.task_id}` {snap.status}: {snap.lines[-1] if snap.lines else 'starting'}")
+        if st.button(stop_label, key=f"stop_{task_id}"):
+            tasks.cancel(task_id)
     elif snap.status == "failed":
-        container.error(f"`{snap.task_id}` failed: {snap.error}")
+        st.error(f"`{snap.task_id}` failed: {snap.error}")
     elif snap.status == "cancelled":
-        container.warning(f"`{snap.task_id}` was cancelled; what finished is kept.")
+        st.warning(f"`{snap.task_id}` was cancelled; what finished is kept.")
+    return snap
 
 
 def caps() -> OperatorCaps:

@@ -55,12 +55,14 @@ if go:
 sweeps = sorted({r["name"] for r in store.list_runs(limit=100_000) if r["name"].startswith("sweep:")})
 task_id = st.session_state.get("sweep_task")
 if task_id:
-    @st.fragment(run_every=2.0)
+    first = tasks.snapshot(task_id)
+
+    @st.fragment(run_every=2.0 if first and first.is_active else None)
     def progress():
-        snap = tasks.snapshot(task_id)
-        ui.task_status(snap)
-        if snap.is_active and st.button("Stop the grid", key="stop_sweep"):
-            tasks.cancel(task_id)
+        snap = ui.task_panel(task_id, "Stop the grid")
+        if first and first.is_active and snap and not snap.is_active:
+            st.rerun()  # finished: one full rerun draws the grid's figures and stops the polling
+
     progress()
 if not sweeps:
     st.info("No grid yet. Run one here or with `python -m resx sweep --depths 1,2 --widths 16,32`.")

@@ -39,13 +39,15 @@ if not task_id:
     st.stop()
 
 
-@st.fragment(run_every=2.0)
+first = tasks.snapshot(task_id)
+
+
+@st.fragment(run_every=2.0 if first and first.is_active else None)
 def panels():
-    snap = tasks.snapshot(task_id)
-    ui.task_status(snap)
-    if snap.is_active and st.button("Stop", key="stop_signals"):
-        tasks.cancel(task_id)
-    if snap.status != "done":
+    snap = ui.task_panel(task_id, "Stop the figures")
+    if first and first.is_active and snap and not snap.is_active:
+        st.rerun()  # finished: one full rerun draws the figures and stops the polling
+    if snap is None or snap.status != "done":
         return
     data = snap.result
     f1, curves, rows = data["fig1"], data["fig2"], data["observability"]

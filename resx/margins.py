@@ -24,7 +24,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
-from .models import LN_EPS, BasicBlock, PostLNBlock, candidate_block, insert_block, live_parameter_names
+from .models import (LN_EPS, BasicBlock, PostLNBlock, candidate_block, check_positions, insert_block,
+                     live_parameter_names)
 from .records import Record
 
 CHUNK = 1024   # samples per forward/backward pass; bounds the memory of the activations kept
@@ -208,17 +209,6 @@ def _device_of(g: BlockGrads) -> torch.device:
 # ---------------------------------------------------------------------------------------------
 # all positions in one pass: (h_k, g_k) from hooks, then each candidate's closed form
 
-def _check_positions(model: nn.Module, positions) -> list[int]:
-    last = len(model.blocks)
-    if last == 0:
-        raise ValueError("the model has no residual blocks; positions are defined by blocks")
-    positions = list(range(last + 1)) if positions is None else [int(k) for k in positions]
-    for k in positions:
-        if not 0 <= k <= last:
-            raise ValueError(f"position={k} is not allowed: an integer from 0 to {last}")
-    return positions
-
-
 def _activations_and_gradients(model, x, y, positions):
     """h_k and g_k = d(sum_i l_i)/dh_k at the requested positions, eval mode, one pass.
 
@@ -301,7 +291,7 @@ def block_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, position
     Exact for resnet (a zero block returns h exactly); for mlp the inserted LayerNorm moves the
     downstream input by a relative ~eps, so the one-at-a-time truth differs by O(LN_EPS) relative.
     """
-    positions = _check_positions(model, positions)
+    positions = check_positions(model, positions)
     missing = [k for k in positions if candidates is None or k not in candidates]
     if missing:
         raise ValueError(f"candidates are missing for positions {missing}; use candidate_block(model, k, x_S, seed)")
@@ -357,7 +347,7 @@ def population_margins(model, population, positions, candidates, delta: float = 
                        batch_size: int = CHUNK) -> dict[int, MarginEstimate]:
     """kappa_k^2 on a large fresh sample by U, streamed in two passes so memory stays O(chunk):
     pass 1 accumulates sum_i g_i and sum_i ||g_i||^2 (U's value), pass 2 the psi_i for its se."""
-    positions = _check_positions(model, positions)
+    positions = check_positions(model, positions)
     for k in positions:
         _check_zero_init(candidates[k], k)
         candidates[k].eval()
@@ -443,7 +433,7 @@ def descent_margins(model: nn.Module, S, P, population=None, positions=None,
     S, P, population: objects with .x, .y (data.Split); population may be None (real data).
     candidates default to candidate_block(model, k, S.x, seed) (BN calibrated on S for resnet).
     """
-    positions = _check_positions(model, positions)
+    positions = check_positions(model, positions)
     candidates = dict(candidates or {})
     for k in positions:
         if k not in candidates:

@@ -184,6 +184,18 @@ class PreservationReport:
         return d
 
 
+def check_positions(model: nn.Module, positions=None) -> list[int]:
+    """`positions` (default every one, 0..len(blocks)) as a list, each checked to be in range."""
+    last = len(model.blocks)
+    if last == 0:
+        raise ValueError("the model has no residual blocks; positions are defined by blocks")
+    positions = list(range(last + 1)) if positions is None else [int(k) for k in positions]
+    for k in positions:
+        if not 0 <= k <= last:
+            raise ValueError(f"position={k} is not allowed: an integer from 0 to {last}")
+    return positions
+
+
 def live_parameter_names(model: nn.Module, position: int) -> tuple[str, ...]:
     """Names of the new block's parameters whose gradient at phi0 is nonzero (theory.md 3)."""
     block = model.blocks[position]

@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .models import check_positions
+
 
 def activation_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024, *,
                          positions: Optional[Sequence[int]] = None, sum_spatial: bool = False,
@@ -36,13 +38,7 @@ def activation_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bat
     (n, C, H, W) for conv maps, or (n, C) summed over space if `sum_spatial` (saves memory; all
     that s_k needs). `keep_acts=False` returns acts as an empty list.
     """
-    last = len(model.blocks)
-    if last == 0:
-        raise ValueError("the model has no residual blocks; positions are defined by blocks")
-    positions = list(range(last + 1)) if positions is None else [int(k) for k in positions]
-    for k in positions:
-        if not 0 <= k <= last:
-            raise ValueError(f"position={k} is not allowed: an integer from 0 to {last}")
+    positions = check_positions(model, positions)
     captured: dict[int, torch.Tensor] = {}
 
     def grab_input(module, args):

@@ -10,24 +10,7 @@ from resx.jumpboard import jump_margins, jumpboard_path, live_gradient, split_ha
 from resx.margins import descent_margins
 from resx.models import MLP, ResNet, insert_block
 
-D, K = 8, 4
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one torch thread, since two OpenMP threads stall when the other core is busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def teacher(n: int, generator: torch.Generator) -> Split:
-    """x ~ N(0, I_D), y ~ softmax(W x) for a fixed random linear teacher W (K, D)."""
-    W = torch.randn(K, D, generator=torch.Generator().manual_seed(1234))
-    x = torch.randn(n, D, generator=generator)
-    y = torch.multinomial(torch.softmax(x @ W.T, 1), 1, generator=generator).squeeze(1)
-    return Split(x, y)
+from test_margins import D, K, teacher  # the same small teacher task
 
 
 @pytest.fixture(scope="module")

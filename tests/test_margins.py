@@ -17,15 +17,6 @@ from resx.models import MLP, LN_EPS, ResNet, activations_at, candidate_block, in
 D, K = 8, 4   # teacher task of the statistical tests: inputs in R^8, 4 classes
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one torch thread, since two OpenMP threads stall when the other core is busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def teacher(n: int, generator: torch.Generator) -> Split:
     """x ~ N(0, I_D), y ~ softmax(W x) for a fixed random linear teacher W (K, D)."""
     W = torch.randn(K, D, generator=torch.Generator().manual_seed(1234))
