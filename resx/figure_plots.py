@@ -84,7 +84,7 @@ def fig1_covariance(cov: dict, title: str = "", num_classes: Optional[int] = Non
     keep = eig > 1e-9 * top if top > 0 else np.zeros(len(eig), dtype=bool)
     fig.add_trace(go.Scatter(x=np.arange(1, keep.sum() + 1, dtype=np.float32), y=_f32(eig[keep]), mode="lines+markers",
                              name="eigenvalue", showlegend=False, meta={"kind": "eigenvalues"}), row=1, col=2)
-    fig.update_yaxes(type="log", dtick="D2", title_text="eigenvalue", row=1, col=2)
+    fig.update_yaxes(type="log", dtick="D2", tickformat="~g", title_text="eigenvalue", row=1, col=2)
     fig.update_xaxes(title_text="index", range=[0.5, D + 0.5], row=1, col=2)
     sub = f"mean|off-diag| / mean diag = {_num(cov['ratio']):.3g}, n = {cov['n']}"
     if keep.sum() < D:
@@ -147,7 +147,7 @@ def fig2_signal_decay(curves: Sequence[dict], log_y: bool = True, show_floor: bo
                                      hovertemplate="k %{x}<br>sqrt(tr Sigma/n) %{y:.3g}<extra></extra>"))
     sub = "solid: s_k = ||mean g_k|| (conv maps summed over space); dotted: sqrt(tr Sigma_k / n), its noise level"
     fig.update_layout(xaxis_title="block index k (0 = stem output)", yaxis_title="s_k",
-                      yaxis=dict(type="log" if log_y else "linear", dtick="D2" if log_y else None), xaxis=dict(dtick=1),
+                      yaxis=dict(type="log" if log_y else "linear", dtick="D2" if log_y else None, tickformat="~g" if log_y else None), xaxis=dict(dtick=1),
                       title=_title(title, sub), height=400,
                       legend=dict(orientation="h", y=-0.2), **LAYOUT)
     return fig
@@ -198,7 +198,7 @@ def observability_plot(rows: Sequence[dict], x: str = "n", title: str = "") -> g
     for mi, (metric, _, ytype) in enumerate(OBS_METRICS):
         row, col = mi // 2 + 1, mi % 2 + 1
         fig.update_xaxes(type="log", title_text="n (samples)" if x == "n" else "width w", row=row, col=col)
-        fig.update_yaxes(type=ytype, dtick="D2" if ytype == "log" else None, row=row, col=col)
+        fig.update_yaxes(type=ytype, dtick="D2" if ytype == "log" else None, tickformat="~g" if ytype == "log" else None, row=row, col=col)
     fig.add_hline(y=0, line_color="gray", line_width=1, row=1, col=2)
     fig.add_hline(y=1, line_color="gray", line_width=1, line_dash="dot", row=2, col=2)
     sub = ("z grows like sqrt(width n) under weak off-diagonal correlation; dotted: z_null. "
