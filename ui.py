@@ -103,6 +103,11 @@ def caps() -> OperatorCaps:
     return OperatorCaps.from_env()
 
 
+def plain(text) -> str:
+    """Text from a link or a user, shown as a code span: never drawn as Markdown (no links)."""
+    return "`" + str(text).replace("`", "'").replace("\n", " ") + "`"
+
+
 def theory_link(anchor: str, text: str = "how this is computed") -> str:
     """Markdown link to a section of the Theory page."""
     return f"[{text}](theory#{anchor})"  # relative: works under server.baseUrlPath
@@ -119,11 +124,11 @@ def config_from_url() -> RunConfig:
             try:
                 base[key] = {"int": int, "float": float, "bool": lambda v: v == "true", "str": str}[FIELDS[key]](raw)
             except ValueError:
-                st.warning(f"Ignored {key}={raw!r} from the link: not a {FIELDS[key]}.")
+                st.warning(f"Ignored {key}={plain(repr(raw))} from the link: not a {FIELDS[key]}.")
     try:
         return RunConfig.from_dict(base)
     except ConfigError as e:
-        st.warning(f"The link's configuration was not valid ({e}); showing the {preset} preset instead.")
+        st.warning(f"The link's configuration was not valid ({plain(e)}); showing the {plain(preset)} preset instead.")
         return PRESETS.get(preset, PRESETS[DEFAULT_PRESET])
 
 
@@ -176,8 +181,9 @@ def config_form(current: RunConfig, npz_path: str | None = None) -> tuple[RunCon
         for i, name in enumerate(FORM_FIELDS):
             col, kind, value = cols[i % 3], FIELDS[name], values[name]
             if name in CHOICES:
-                options = CHOICES[name]
-                values[name] = col.selectbox(name, options, index=options.index(value), help=HELP.get(name))
+                options = CHOICES[name]  # "npz" is not offered: uploaded arrays come from upload_panel
+                index = options.index(value) if value in options else 0
+                values[name] = col.selectbox(name, options, index=index, help=HELP.get(name))
             elif kind == "int":
                 values[name] = int(col.number_input(name, value=value, min_value=0, step=1, help=HELP.get(name)))
             elif kind == "float":

@@ -32,7 +32,7 @@ if not run_id:
 
 first = manager.snapshot(run_id)
 if first is None:
-    st.warning(f"No run {run_id!r} in the store. Start a new one, or pick one on the Runs page.")
+    st.warning(f"No run {ui.plain(repr(run_id))} in the store. Start a new one, or pick one on the Runs page.")
     st.stop()
 
 

@@ -27,7 +27,7 @@ def build_config(preset: str | None, config_file: str | None, assignments: list[
         path = Path(config_file)
         try:
             base = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, ValueError) as e:  # JSONDecodeError, and ints past Python's digit limit
             raise ConfigError("--config", config_file, f"a readable JSON file ({e})") from None
         base = RunConfig.from_dict(base).to_dict()
     else:

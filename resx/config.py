@@ -23,12 +23,21 @@ MAX_WIDTH = 4096
 MAX_N = 1_000_000
 
 
+def _short_repr(value: Any, limit: int = 80) -> str:
+    """repr, bounded (an int of 5000 digits has no repr past Python's limit, and none is readable)."""
+    try:
+        text = repr(value)
+    except ValueError:
+        text = f"<{type(value).__name__} too large to print>"
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 class ConfigError(ValueError):
     """A configuration value is out of range; names the field, the value and what is allowed."""
 
     def __init__(self, field: str, value: Any, allowed: str):
         self.field, self.value, self.allowed = field, value, allowed
-        super().__init__(f"{field}={value!r} is not allowed: {allowed}")
+        super().__init__(f"{field}={_short_repr(value)} is not allowed: {allowed}")
 
 
 @dataclass(frozen=True)
@@ -165,7 +174,12 @@ def _coerce(name: str, value: Any, kind: str) -> Any:
           "str": lambda v: isinstance(v, str)}[kind]
     if not ok(value):
         raise ConfigError(name, value, f"a value of type {kind}")
-    return float(value) if kind == "float" else value
+    if kind == "float":
+        try:
+            return float(value)
+        except OverflowError:
+            raise ConfigError(name, value, "a finite number") from None
+    return value
 
 
 def _check_choice(name, value, allowed):
@@ -232,7 +246,7 @@ class OperatorCaps:
                           ("max_n", "RESX_MAX_N"), ("max_running_per_session", "RESX_MAX_RUNNING")):
             raw = env.get(var, "").strip()
             if raw:
-                if not raw.isdigit() or int(raw) < 1:
+                if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
                     raise ConfigError(var, raw, "a positive integer")
                 values[name] = int(raw)
         return cls(**values)

@@ -324,8 +324,12 @@ def load_npz(path: str, max_bytes: int = 200 * 2**20) -> tuple[np.ndarray, np.nd
     if not zipfile.is_zipfile(p):
         raise DataError(f"{p} is not an .npz archive (np.savez); expected arrays X and y saved with "
                         f"np.savez or np.savez_compressed")
-    with zipfile.ZipFile(p) as z:  # the sizes after decompression, before anything is decompressed
-        unpacked = sum(info.file_size for info in z.infolist())
+    try:
+        with zipfile.ZipFile(p) as z:  # the sizes after decompression, before anything is decompressed
+            unpacked = sum(info.file_size for info in z.infolist())
+    except Exception as e:
+        raise DataError(f"{p} is not a readable .npz archive ({type(e).__name__}: {e}); expected arrays X and y "
+                        f"saved with np.savez or np.savez_compressed") from None
     if unpacked > max_bytes:
         raise DataError(f"npz file {p} unpacks to {unpacked / 2**20:.1f} MiB; the limit is "
                         f"{max_bytes / 2**20:.1f} MiB")
@@ -364,7 +368,10 @@ def save_upload(content: bytes, folder: Path, max_bytes: int = 200 * 2**20) -> P
     tmp = folder / f".{digest}.{os.getpid()}.tmp"
     try:
         tmp.write_bytes(content)
-        load_npz(str(tmp), max_bytes)
+        try:
+            load_npz(str(tmp), max_bytes)
+        except DataError as e:  # the message names the upload, not the server's folder
+            raise DataError(str(e).replace(str(tmp), "the upload")) from None
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
@@ -372,6 +379,8 @@ def save_upload(content: bytes, folder: Path, max_bytes: int = 200 * 2**20) -> P
 
 
 def _validate_arrays(X: np.ndarray, y: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
+    if not isinstance(X, np.ndarray) or not isinstance(y, np.ndarray):
+        raise DataError(f"{where}: X and y must be .npy arrays (np.savez); found members that are not")
     if X.dtype.kind not in "iuf":
         raise DataError(f"{where}: X has dtype {X.dtype}; expected an integer or float array")
     if X.ndim not in (2, 3, 4):

@@ -228,3 +228,69 @@ def _wait(check, seconds: float) -> bool:
             return True
         time.sleep(0.2)
     return False
+
+
+# -- fault injection and network checks (tests/test_reliability.py, tests/test_security.py) -----
+def kill_server(server: Server) -> None:
+    """SIGKILL the server's whole process group at once (no shutdown hooks run), reap it, close its log."""
+    if server.proc is None:
+        return
+    try:
+        os.killpg(server.proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        server.proc.wait(10)  # reaped: a zombie would still answer os.kill(pid, 0)
+    except subprocess.TimeoutExpired:
+        pass
+    server.stop()  # nothing left to signal; waits and closes the log
+
+
+def health_ok(url: str, timeout: float = 5.0) -> bool:
+    """Whether `url`/_stcore/health answers 200 "ok"."""
+    try:
+        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=timeout) as r:
+            return r.status == 200 and r.read().strip() == b"ok"
+    except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+        return False
+
+
+def listening_addresses(port: int) -> list[str]:
+    """Local addresses of the TCP sockets LISTENing on `port` (e.g. ['127.0.0.1', '::1']), read
+    from /proc/net/tcp and /proc/net/tcp6 (Linux): '0.0.0.0' or '::' would mean every interface."""
+    import ipaddress
+
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            local, state = fields[1], fields[3]
+            addr_hex, port_hex = local.split(":")
+            if state != "0A" or int(port_hex, 16) != port:  # 0A: TCP_LISTEN
+                continue
+            raw = bytes.fromhex(addr_hex)  # 32-bit words in host byte order
+            if sys.byteorder == "little":
+                raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+            found.append(str(ipaddress.ip_address(raw)))
+    return found
+
+
+def upload_to_lab(page, path: Path, timeout_ms: int = 30_000) -> None:
+    """Open the Lab's "Your own arrays (.npz)" expander and put the file at `path` into its uploader."""
+    expander = page.locator('[data-testid="stExpander"]', has_text="Your own arrays")
+    expander.first.wait_for(timeout=timeout_ms)
+    opened = expander.first.locator("details[open]")
+    for _ in range(5):  # open it (a closed expander hides its errors); a rerun may redraw it closed
+        if opened.count():
+            break
+        expander.first.locator("summary").first.click()
+        try:
+            opened.wait_for(timeout=2_000)
+        except Exception:  # noqa: BLE001 (playwright's TimeoutError: click again)
+            pass
+    expander.first.locator('[data-testid="stFileUploader"] input[type="file"]').first.set_input_files(
+        str(path), timeout=timeout_ms)
