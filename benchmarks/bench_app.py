@@ -1,67 +1,170 @@
-"""What the Lab costs a user and the server: measured, not asserted.
+"""What the Lab costs the server and a user: the benchmarks that drive Streamlit.
 
-(a) Time from pressing Run to the first live point of the training curves:
-    - in-process: `JobManager.submit` to the first "loss" record in `snapshot()` (no browser, no
-      fragment tick), for the demo-mlp preset as shipped and for the small test configuration;
-    - in the browser (system Chromium, a real `streamlit run`): the click on Run to the first
-      drawn line of the training chart (includes the 1 s `run_every` tick of the live fragment).
-(b) One tick of the live fragment with a 10,000-step history: `plots.training_curves` +
-    `plots.margin_heatmap` on a snapshot-like tuple of Records, then `Figure.to_json()` (what
-    `st.plotly_chart` serialises), with the JSON payload size.
+`python -m resx bench` loads this file for two of its benchmarks, so that resx itself never
+imports Streamlit (README "Architecture"):
+- server_memory: peak resident memory of a real `streamlit run app.py` while the Lab runs
+  demo-mlp, pressed in the system Chromium (tests/browser_util.py starts and drives both);
+- panel_render's full mode: an AppTest run of the Lab page on a finished 10,000-step run.
 
-Usage: python benchmarks/bench_app.py [--reps 10] [--run-reps 3] [--no-browser]
-Prints the machine, the versions, the load, and median (min - max) of each timing.
+Run as a script, it measures the time from pressing Run to the first live point of the training
+curves: in-process (`JobManager.submit` to the first base "loss" record in `snapshot()`) and in
+the browser (the click to the first drawn line, including the live fragment's 1 s tick).
+
+Usage: python benchmarks/bench_app.py [--run-reps 3] [--no-browser]
 """
 from __future__ import annotations
 
 import argparse
+import logging
 import os
-import platform
 import shutil
-import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from unittest import mock
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-
-import numpy as np  # noqa: E402
+for path in (ROOT, ROOT / "tests"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
 
 import resx  # noqa: E402,F401  (torch first, on the main thread)
-from resx import plots  # noqa: E402
+from resx.bench import SMALL, format_figure, machine_info, spread  # noqa: E402
 from resx.config import PRESETS, RunConfig  # noqa: E402
-from resx.records import Record  # noqa: E402
-
-SMALL = dict(n=300, n_probe=300, n_test=300, epochs=3, finetune_epochs=1, width=16)
 
 
-def summary(times: list[float], unit: str = "s", scale: float = 1.0) -> str:
-    t = [x * scale for x in times]
-    return f"{statistics.median(t):8.3f} {unit}  ({min(t):.3f} - {max(t):.3f}, n={len(t)})"
-
-
-def machine() -> str:
-    import plotly
-    import streamlit
+# -- panel_render: the whole Lab page ------------------------------------------------------------
+def apptest_lab(records, result: dict, reps: int) -> dict:
+    """Seconds per script run of the Lab page (AppTest) showing a finished run read from a fresh
+    store: the snapshot from SQLite, every panel, Streamlit's serialisation."""
+    import streamlit as st
     import torch
-    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
-    cpu = platform.processor() or platform.machine()
+    from streamlit.testing.v1 import AppTest
+
+    from resx.store import RecordWriter, Store
+
+    threads = torch.get_num_threads()
+    # "missing ScriptRunContext" warnings, for the cache cleared outside a page; a filter, because
+    # AppTest resets streamlit's log levels
+    quiet = logging.getLogger("streamlit.runtime.scriptrunner_utils.script_run_context")
+    no_context = logging.Filter("-")   # passes nothing (no logger is named "-")
+    quiet.addFilter(no_context)
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        with tempfile.TemporaryDirectory(prefix="resx-bench-home-") as home, \
+                mock.patch.dict(os.environ, {"RESX_HOME": home}):
+            store = Store(home)
+            run_id = store.create_run(result["config"], source="bench")
+            with RecordWriter(store, run_id) as writer:
+                for r in records:
+                    writer(r)
+            store.set_result(run_id, result)
+            store.set_status(run_id, "done")
+            start = time.perf_counter()
+            stored = len(store.records(run_id))
+            read_s = time.perf_counter() - start
+            store.close()
+            st.cache_resource.clear()
+            times = []
+            try:
+                for _ in range(reps + 1):   # the first warms up
+                    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+                    at.switch_page("pages/lab.py")
+                    at.query_params["run"] = run_id
+                    start = time.perf_counter()
+                    at.run()
+                    times.append(time.perf_counter() - start)
+                    if at.exception:
+                        raise RuntimeError(f"the Lab page raised: {at.exception[0].message}")
+            finally:
+                import ui
+                while ui.MANAGERS:
+                    ui.MANAGERS.pop().shutdown(wait=True, timeout=10)
+                st.cache_resource.clear()
+    finally:
+        torch.set_num_threads(threads)   # the page's job manager sets torch's threads for the process
+        quiet.removeFilter(no_context)
+    return {"run_s": spread(times[1:]), "charts": len(at.get("plotly_chart")),
+            "store_records_read_s": read_s, "records_read": stored}
+
+
+# -- server_memory -------------------------------------------------------------------------------
+def proc_status_kib(pid: int, key: str) -> int | None:
+    """A field of /proc/<pid>/status in KiB (VmRSS: now, VmHWM: the peak so far)."""
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
     except OSError:
-        pass
-    return (f"{platform.platform()}; {cpu}; {os.cpu_count()} cores; load avg {load}\n"
-            f"python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"streamlit {streamlit.__version__}, plotly {plotly.__version__}, numpy {np.__version__}")
+        return None
+    return None
 
 
-# -- (a) in-process ------------------------------------------------------------------------------
+class RSSSampler:
+    """Samples VmRSS (MiB) of a process every `every` seconds on a thread, until stopped."""
+
+    def __init__(self, pid: int, every: float = 0.1):
+        self.pid, self.every, self.samples = pid, every, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self):
+        while not self._stop.is_set():
+            if (kib := proc_status_kib(self.pid, "VmRSS")) is not None:
+                self.samples.append(kib / 1024)
+            self._stop.wait(self.every)
+
+    def stop(self) -> list[float]:
+        self._stop.set()
+        self._thread.join()
+        return self.samples
+
+
+def server_memory(sizes) -> tuple[float, dict]:
+    """Peak RSS (VmHWM, MiB) of `streamlit run app.py` (headless, a free port, RESX_HOME temporary)
+    from start-up until the Lab's run of demo-mlp (with `sizes.server_run` typed over it) is done.
+    Raises ImportError / FileNotFoundError without Playwright or Chromium."""
+    from browser_util import CHROMIUM, Server, fill_lab_form, launch_chromium, press_run, status_alert
+    from playwright.sync_api import sync_playwright
+
+    if not CHROMIUM.exists():
+        raise FileNotFoundError(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    values = dict(sizes.server_run)
+    with tempfile.TemporaryDirectory(prefix="resx-bench-server-") as home:
+        server = Server(home=Path(home), log_path=Path(home) / "streamlit.log")
+        start = time.perf_counter()
+        server.start(timeout=180)
+        pid, raw = server.proc.pid, {"healthy_after_s": time.perf_counter() - start}
+        sampler = RSSSampler(pid)
+        try:
+            raw["rss_healthy_mib"] = proc_status_kib(pid, "VmRSS") / 1024
+            with sync_playwright() as p:
+                browser = launch_chromium(p)
+                page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                page.goto(server.url + "/")
+                fill_lab_form(page, values)
+                raw["rss_page_loaded_mib"] = proc_status_kib(pid, "VmRSS") / 1024
+                start = time.perf_counter()
+                press_run(page)
+                status_alert(page, "done").wait_for(timeout=300_000)
+                raw["run_s"] = time.perf_counter() - start
+                page.wait_for_timeout(1000)   # the finished page's last rerun
+                raw["rss_after_run_mib"] = proc_status_kib(pid, "VmRSS") / 1024
+                peak = proc_status_kib(pid, "VmHWM") / 1024
+                browser.close()
+        finally:
+            samples = sampler.stop()
+            server.stop()
+    raw.update(method="streamlit run app.py, Run pressed in Chromium; peak = the server process's VmHWM "
+                      "(/proc), its RSS sampled every 0.1 s beside it",
+               run=f"demo-mlp {'with ' + str(values) if values else 'as shipped'}",
+               rss_sampled_mib=spread(samples, unit="MiB") | {"max_sampled": max(samples)}, peak_mib=peak)
+    return peak, raw
+
+
+# -- Run -> first live point ---------------------------------------------------------------------
 def first_record_in_process(cfg: RunConfig, reps: int) -> tuple[list[float], list[float]]:
     """Seconds from submit to the first record of any kind, and to the first base 'loss' record."""
     from resx.jobs import JobManager
@@ -76,24 +179,21 @@ def first_record_in_process(cfg: RunConfig, reps: int) -> tuple[list[float], lis
         for _ in range(reps):
             start = time.perf_counter()
             run_id = manager.submit(cfg, source="bench")
-            t_any = t_loss = None
-            deadline = start + 300
-            while time.perf_counter() < deadline:
+            t_any = None
+            while time.perf_counter() < start + 300:
                 snap = manager.snapshot(run_id)
                 now = time.perf_counter() - start
                 if t_any is None and snap.records:
                     t_any = now
                 if any(r.name == "loss" and r.phase == "base" for r in snap.records):
-                    t_loss = now
+                    any_rec.append(t_any)
+                    loss_rec.append(now)
                     break
                 if not snap.is_active:
                     break
                 time.sleep(0.002)
             manager.cancel(run_id)
             manager.wait(run_id, timeout=60)
-            if t_loss is not None:
-                any_rec.append(t_any)
-                loss_rec.append(t_loss)
     finally:
         manager.shutdown(wait=True, timeout=30)
         store.close()
@@ -101,8 +201,8 @@ def first_record_in_process(cfg: RunConfig, reps: int) -> tuple[list[float], lis
     return any_rec, loss_rec
 
 
-# -- (a) in the browser --------------------------------------------------------------------------
 def first_point_in_browser(reps: int) -> tuple[list[float], list[float]] | None:
+    """Seconds from the click on Run to the first drawn line: demo-mlp as shipped, and SMALL."""
     from browser_util import CHROMIUM, LIVE_POINT, Server, fill_lab_form, launch_chromium, main_button, press_run
     if not CHROMIUM.exists():
         print(f"  (skipped: no Chromium at {CHROMIUM}; apt-get install chromium)")
@@ -118,7 +218,7 @@ def first_point_in_browser(reps: int) -> tuple[list[float], list[float]] | None:
     try:
         with sync_playwright() as p:
             browser = launch_chromium(p)
-            for i in range(reps):
+            for _ in range(reps):
                 for values, out in (({}, default), (SMALL, small)):
                     page = browser.new_page(viewport={"width": 1400, "height": 1000})
                     page.goto(server.url + "/")
@@ -127,7 +227,7 @@ def first_point_in_browser(reps: int) -> tuple[list[float], list[float]] | None:
                     press_run(page)
                     page.wait_for_function(LIVE_POINT, timeout=180_000, polling=20)
                     out.append(time.perf_counter() - start)
-                    stop = main_button(page, "Stop")
+                    stop = main_button(page, "Stop run")
                     if stop.count():
                         try:
                             stop.click(timeout=5_000)
@@ -142,77 +242,24 @@ def first_point_in_browser(reps: int) -> tuple[list[float], list[float]] | None:
     return default, small
 
 
-# -- (b) a fragment tick with a long history -----------------------------------------------------
-def long_history(steps: int = 10_000, positions: int = 5, margin_every: int = 200) -> tuple[Record, ...]:
-    """Like a snapshot after `steps` base steps evaluated at every step: S/T/pop loss (pop with
-    stderr), S/T accuracy, and U_P/X_P/||G_S||^2 margins at every position every `margin_every` steps."""
-    rng = np.random.default_rng(0)
-    out: list[Record] = []
-    for step in range(steps):
-        base = 2.3 * np.exp(-step / 3000) + 0.5
-        out.append(Record("base", step, "S", "loss", float(base - 0.1 + 0.01 * rng.standard_normal()), 0.02))
-        out.append(Record("base", step, "T", "loss", float(base + 0.01 * rng.standard_normal()), 0.02))
-        out.append(Record("base", step, "pop", "loss", float(base + 0.005 * rng.standard_normal()), 0.004))
-        out.append(Record("base", step, "S", "acc", float(0.5 + step / (4 * steps))))
-        out.append(Record("base", step, "T", "acc", float(0.45 + step / (4 * steps))))
-        if step % margin_every == 0:
-            for k in range(positions):
-                for name in ("kappa2_U", "kappa2_cross", "kappa2_train_naive"):
-                    out.append(Record("margins", step, "P", name, float(abs(rng.normal(0.02, 0.01))), 0.005, k))
-    return tuple(out)
-
-
-def fragment_tick(records: tuple[Record, ...], reps: int) -> dict[str, list[float]]:
-    res: dict[str, list[float]] = {"training_curves": [], "margin_heatmap": [], "to_json": [], "total": [],
-                                   "kb_curves": [], "kb_heatmap": []}
-    for i in range(reps + 1):  # the first is a warm-up
-        t0 = time.perf_counter()
-        curves = plots.training_curves(records)
-        t1 = time.perf_counter()
-        heat = plots.margin_heatmap(records)
-        t2 = time.perf_counter()
-        j1, j2 = curves.to_json(), heat.to_json()
-        t3 = time.perf_counter()
-        if i == 0:
-            continue
-        res["training_curves"].append(t1 - t0)
-        res["margin_heatmap"].append(t2 - t1)
-        res["to_json"].append(t3 - t2)
-        res["total"].append(t3 - t0)
-        res["kb_curves"].append(len(j1) / 1024)
-        res["kb_heatmap"].append(len(j2) / 1024)
-    return res
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--reps", type=int, default=10, help="repetitions of the fragment tick")
     ap.add_argument("--run-reps", type=int, default=3, help="runs started per time-to-first-point figure")
     ap.add_argument("--no-browser", action="store_true")
-    ap.add_argument("--steps", type=int, default=10_000)
     args = ap.parse_args()
-    print(machine())
-
-    print("\n(b) one live-fragment tick with a long history")
-    records = long_history(args.steps)
-    print(f"  {len(records)} records ({args.steps} base steps)")
-    r = fragment_tick(records, args.reps)
-    for key in ("training_curves", "margin_heatmap", "to_json", "total"):
-        print(f"  {key:16s}{summary(r[key], 'ms', 1000)}")
-    print(f"  payload: training curves {statistics.median(r['kb_curves']):.0f} KB, "
-          f"heatmap {statistics.median(r['kb_heatmap']):.0f} KB (JSON)")
-
-    print("\n(a) Run -> first live point")
+    m = machine_info()
+    print(f"machine: {m['cpu']}, {m['cores']} cores, load average {m['load_average']}; python {m['python']}, "
+          f"torch {m['torch']} ({m['torch_threads']} threads), streamlit {m['streamlit']}, plotly {m['plotly']}")
+    print("Run -> first live point")
     for label, cfg in (("demo-mlp as shipped", PRESETS["demo-mlp"]),
-                       ("small (tests' values)", RunConfig.from_dict({**PRESETS["demo-mlp"].to_dict(), **SMALL}))):
+                       ("small (tests' values)", PRESETS["demo-mlp"].replace(**SMALL))):
         any_rec, loss = first_record_in_process(cfg, args.run_reps)
-        print(f"  in-process, {label}: first record {summary(any_rec)}; first base loss {summary(loss)}")
-    if not args.no_browser:
-        got = first_point_in_browser(args.run_reps)
-        if got:
-            default, small = got
-            print(f"  browser, demo-mlp as shipped: click Run -> first drawn point {summary(default)}")
-            print(f"  browser, small (tests' values): click Run -> first drawn point {summary(small)}")
+        print(f"  in-process, {label}: first record {format_figure(spread(any_rec))}; "
+              f"first base loss {format_figure(spread(loss))}")
+    if not args.no_browser and (got := first_point_in_browser(args.run_reps)):
+        default, small = got
+        print(f"  browser, demo-mlp as shipped: click Run -> first drawn point {format_figure(spread(default))}")
+        print(f"  browser, small (tests' values): click Run -> first drawn point {format_figure(spread(small))}")
 
 
 if __name__ == "__main__":

@@ -7,13 +7,13 @@
     ray.get(f.remote()), each `--calls` times one after another.
 
 Usage: python benchmarks/bench_sweep.py [--reps 3] [--workers 2] [--calls 50] [--cell tiny|small].
-Prints the machine, the versions, and the median (min - max) over the repetitions.
+Prints the machine, the versions, and the median (min - max) over the repetitions; the timing and
+reporting helpers are resx.bench's (`python -m resx bench` runs the other benchmarks).
 """
 from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -23,6 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from resx.bench import format_figure, interleaved, machine_info, spread  # noqa: E402
 from resx.config import RunConfig  # noqa: E402
 from resx.sweep import LocalExecutor, RayExecutor, SweepSpec, run_cell, run_sweep  # noqa: E402
 
@@ -36,24 +37,15 @@ def noop(config, cancel=None):
     return {"cell": config}
 
 
-def spread(xs: list[float], unit: str = "", scale: float = 1.0) -> str:
-    xs = [scale * x for x in xs]
-    return f"{statistics.median(xs):10.2f}{unit}  ({min(xs):.2f} - {max(xs):.2f})"
-
-
 def throughput(spec: SweepSpec, executors: dict, reps: int) -> dict[str, list[float]]:
-    """Cells per minute of each executor; the executors take turns within each repetition, so that
-    a change in the machine's load falls on all of them alike."""
-    for executor in executors.values():
-        run_sweep(spec, executor)  # warm: workers started, torch imported, first-call costs paid
-    rates: dict[str, list[float]] = {name: [] for name in executors}
-    for _ in range(reps):
-        for name, executor in executors.items():
-            start = time.perf_counter()
-            cells = run_sweep(spec, executor)
-            rates[name].append(60 * len(cells) / (time.perf_counter() - start))
-            assert all(c["status"] == "done" for c in cells), [c["message"] for c in cells]
-    return rates
+    """Cells per minute of each executor, interleaved (resx.bench.interleaved): the executors take
+    turns within each repetition, so that a change in the machine's load falls on all of them alike;
+    the untimed warm-up starts the workers, imports torch and pays the first-call costs."""
+    arms = {name: (lambda ex: lambda: run_sweep(spec, ex))(ex) for name, ex in executors.items()}
+    times, first = interleaved(arms, reps)
+    for cells in first.values():
+        assert all(c["status"] == "done" for c in cells), [c["message"] for c in cells]
+    return {name: [60 * len(spec.cells()) / t for t in ts] for name, ts in times.items()}
 
 
 class Serial:
@@ -84,9 +76,10 @@ def main() -> None:
 
     torch.set_num_threads(1)  # the serial baseline runs like one worker (one torch thread)
     spec = SweepSpec(CELLS[args.cell], depths=[1, 2], widths=[16, 32], seeds=[0, 1, 2])
-    print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} cores; python {platform.python_version()}, torch {torch.__version__}, "
-          f"ray {ray.__version__}; load average {os.getloadavg()[0]:.1f} at start; {args.reps} reps, {args.workers} workers, 1 torch thread per cell")
+    m = machine_info()
+    print(f"machine: {m['cpu']}, {m['cores']} cores, {m['platform']}; python {m['python']}, torch {m['torch']}, "
+          f"ray {ray.__version__}; load average {m['load_average']} at start; {args.reps} reps, "
+          f"{args.workers} workers, 1 torch thread per cell")
     print(f"(a) {len(spec.cells())} cells of '{args.cell}' {CELLS[args.cell].to_dict()}")
     start = time.perf_counter()
     local = LocalExecutor(args.workers)
@@ -100,7 +93,7 @@ def main() -> None:
     rates = throughput(spec, {"serial, in-process": Serial(), f"LocalExecutor({args.workers})": local,
                               f"RayExecutor(num_cpus={args.workers})": rayx}, args.reps)
     for name, xs in rates.items():
-        print(f"    {name:<28}{spread(xs, ' cells/min')}")
+        print(f"    {name:<28}{format_figure(spread(xs, unit='cells/min'))}")
     serial, on_local, on_ray = (statistics.median(xs) for xs in rates.values())
     print(f"    speed-up over serial: local {on_local / serial:.2f}x, Ray {on_ray / serial:.2f}x; "
           f"Ray / local {on_ray / on_local:.2f}")
@@ -111,15 +104,15 @@ def main() -> None:
         start = time.perf_counter()
         noop({})
         plain.append(time.perf_counter() - start)
-    print(f"    plain call                  {spread(plain, ' us', 1e6)}")
-    print(f"    LocalExecutor (process)     {spread(round_trips(local, args.calls), ' us', 1e6)}")
-    print(f"    Ray remote task             {spread(round_trips(rayx, args.calls), ' us', 1e6)}")
+    print(f"    plain call                  {format_figure(spread(plain, 1e6, 'us'))}")
+    print(f"    LocalExecutor (process)     {format_figure(spread(round_trips(local, args.calls), 1e6, 'us'))}")
+    print(f"    Ray remote task             {format_figure(spread(round_trips(rayx, args.calls), 1e6, 'us'))}")
     timed_cell = []
     for _ in range(max(3, args.reps)):
         start = time.perf_counter()
         run_cell(spec.cells()[0].to_dict())
         timed_cell.append(time.perf_counter() - start)
-    print(f"    for scale: one '{args.cell}' cell in-process {spread(timed_cell, ' ms', 1e3)}")
+    print(f"    for scale: one '{args.cell}' cell in-process {format_figure(spread(timed_cell, 1e3, 'ms'))}")
     print(f"load average {os.getloadavg()[0]:.1f} at the end (other work on the machine skews every figure)")
     local.shutdown()
     rayx.shutdown()

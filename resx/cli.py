@@ -186,8 +186,10 @@ def make_parser() -> argparse.ArgumentParser:
     presets.set_defaults(func=cmd_presets)
     from .figures import add_figures_parser  # here: both reuse build_config from this module
     from .sweep import add_sweep_parser
+    from .bench import add_bench_parser
     add_sweep_parser(sub)
     add_figures_parser(sub)
+    add_bench_parser(sub)
     return parser
 
 

@@ -469,7 +469,7 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> 
     """Random crop after zero padding by `pad`, then a random horizontal flip, for x (n, C, H, W).
 
     out_i[c, h, w] = xpad_i[c, h + a_i, w' + b_i], w' = W-1-w if flipped else w, with a_i, b_i
-    uniform in [0, 2 pad]: one gather for the batch on x's device. The random numbers come from
+    uniform in [0, 2 pad]: two gathers (rows, then columns) for the batch on x's device. The random numbers come from
     the CPU `generator`, so the result depends only on it.
     """
     if x.dim() != 4:
@@ -483,6 +483,6 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> 
     w = torch.arange(W, device=x.device)
     rows = a + h                                                               # (n, H)
     cols = b + torch.where(flip, W - 1 - w, w)                                 # (n, W)
-    return xpad[torch.arange(n, device=x.device)[:, None, None, None],
-                torch.arange(C, device=x.device)[None, :, None, None],
-                rows[:, None, :, None], cols[:, None, None, :]]               # (n, C, H, W)
+    Wp = W + 2 * pad
+    picked = xpad.gather(2, rows[:, None, :, None].expand(n, C, H, Wp))        # (n, C, H, W+2p)
+    return picked.gather(3, cols[:, None, None, :].expand(n, C, H, W))         # (n, C, H, W)
