@@ -1,25 +1,9 @@
 """AppTest: one test per page, against a real job manager and store in a temporary RESX_HOME."""
 import time
 
-import pytest
-import streamlit as st
 from streamlit.testing.v1 import AppTest
 
 TIMEOUT = 120  # AppTest's default (3 s) is shorter than importing torch
-
-
-@pytest.fixture
-def app_home(tmp_path, monkeypatch):
-    """A fresh store, and no cached job manager left from another test."""
-    monkeypatch.setenv("RESX_HOME", str(tmp_path))
-    st.cache_resource.clear()
-    yield tmp_path
-    import ui
-    while ui.MANAGERS:
-        ui.MANAGERS.pop().shutdown(wait=True, timeout=10)
-    while ui.TASK_RUNNERS:
-        ui.TASK_RUNNERS.pop().shutdown(timeout=30)
-    st.cache_resource.clear()
 
 
 def _small(at):

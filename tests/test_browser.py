@@ -20,7 +20,7 @@ from urllib.parse import urljoin
 
 import pytest
 
-from browser_util import (CHROMIUM, LIVE_POINT, PLOTLY, Server, count_charts, fill_lab_form,
+from browser_util import (LIVE_POINT, PLOTLY, Server, count_charts, fill_lab_form,
                           full_screenshot, launch_chromium, main_button, main_text, page_errors,
                           press_run, select_grid_row, status_alert, wait_app_ready, wait_settled,
                           wait_until)
@@ -38,19 +38,6 @@ CSV_HEADER = ["phase", "step", "split", "name", "value", "stderr", "position"]
 
 
 # -- fixtures ------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def chromium():
-    """The system Chromium, or a skip (a failure on CI) saying how to get it."""
-    if not CHROMIUM.exists():
-        message = (f"no Chromium at {CHROMIUM}: `apt-get install chromium` (the browser tests drive "
-                   "the system Chromium; they never download one)")
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    pytest.importorskip("playwright.sync_api", reason="pip install playwright (the Python package only)")
-    return CHROMIUM
-
-
 @pytest.fixture(scope="module")
 def server(chromium, shots):
     """A real `streamlit run app.py` with RESX_HOME in a fresh temporary folder.

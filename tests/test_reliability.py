@@ -28,13 +28,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import streamlit as st
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 from hypothesis.extra import numpy as hnp
 from streamlit.testing.v1 import AppTest
 
-from browser_util import (CHROMIUM, ROOT, Server, fill_lab_form, health_ok, kill_server,
+from browser_util import (ROOT, Server, fill_lab_form, health_ok, kill_server,
                           launch_chromium, page_errors, press_run, status_alert, upload_to_lab,
                           wait_app_ready, wait_until)
 from resx.config import ConfigError, OperatorCaps, RunConfig
@@ -120,39 +119,6 @@ def _assert_kept_up_to_last_flush(home: Path, run_id: str, before: list, window:
     bound = _max_step(before) + 2 * max(window, 16)
     assert _max_step(after) <= bound, (_max_step(after), _max_step(before), window)
     return after
-
-
-def _app_home(monkeypatch, home: Path):
-    monkeypatch.setenv("RESX_HOME", str(home))
-    st.cache_resource.clear()
-
-
-def _shutdown_app_managers():
-    import ui
-    while ui.MANAGERS:
-        ui.MANAGERS.pop().shutdown(wait=True, timeout=10)
-    while ui.TASK_RUNNERS:
-        ui.TASK_RUNNERS.pop().shutdown(timeout=30)
-    st.cache_resource.clear()
-
-
-@pytest.fixture
-def app_home(tmp_path, monkeypatch):
-    """A fresh RESX_HOME for AppTest, and no cached job manager left from another test."""
-    _app_home(monkeypatch, tmp_path)
-    yield tmp_path
-    _shutdown_app_managers()
-
-
-@pytest.fixture(scope="module")
-def chromium():
-    if not CHROMIUM.exists():
-        message = f"no Chromium at {CHROMIUM}: `apt-get install chromium` (the tests never download one)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    pytest.importorskip("playwright.sync_api", reason="pip install playwright (the Python package only)")
-    return CHROMIUM
 
 
 @pytest.fixture(scope="module")

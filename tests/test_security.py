@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import streamlit as st
 import torch
 from streamlit.testing.v1 import AppTest
 
@@ -54,27 +53,6 @@ def _npz(**arrays) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, **arrays)  # object arrays are pickled (numpy saves with allow_pickle=True)
     return buf.getvalue()
-
-
-def _shutdown_app_managers():
-    import ui
-    while ui.MANAGERS:
-        ui.MANAGERS.pop().shutdown(wait=True, timeout=10)
-    while ui.TASK_RUNNERS:
-        ui.TASK_RUNNERS.pop().shutdown(timeout=30)
-    st.cache_resource.clear()
-
-
-@pytest.fixture
-def app_home(tmp_path, monkeypatch):
-    """A fresh RESX_HOME for AppTest, the operator's data folder fixed, no cached job manager."""
-    monkeypatch.setenv("RESX_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("RESX_DATA_DIR", str(tmp_path / "operator-data"))
-    for var in ("RESX_MAX_WIDTH", "RESX_MAX_DEPTH", "RESX_MAX_N", "RESX_MAX_RUNNING", "RESX_MAX_JOBS"):
-        monkeypatch.delenv(var, raising=False)
-    st.cache_resource.clear()
-    yield tmp_path
-    _shutdown_app_managers()
 
 
 def _set(at, **values):
