@@ -8,14 +8,9 @@ import torch  # noqa: F401  (first import on the main thread, never inside a wor
 from .config import PRESETS, ConfigError, RunConfig
 from .data import DataError, load_data
 from .models import PreservationReport, build_model, insert_block
+from .pipeline import run_pipeline
 from .records import Record
 
 __all__ = ["PRESETS", "ConfigError", "DataError", "RunConfig", "PreservationReport", "Record", "build_model",
            "insert_block", "load_data", "run_pipeline"]
-
-
-def run_pipeline(*args, **kwargs):
-    """resx.pipeline.run_pipeline: the whole run (imported on first use; it pulls in every step)."""
-    from .pipeline import run_pipeline as run
-    return run(*args, **kwargs)
 __version__ = "0.1.0"
