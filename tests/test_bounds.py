@@ -8,9 +8,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from resx import bounds
-from resx.bounds import (ComplexityTerm, _ConvBN, complexity, epsilon, hoeffding, lipschitz_bound, loss_bound,
+from resx.bounds import (ComplexityTerm, complexity, epsilon, hoeffding, lipschitz_bound, loss_bound,
                          make_terms, n_nonvacuous, representational_gain, route_a, route_b, tighter_route)
 from resx.models import LN_EPS, MLP, ResNet, insert_block
+from resx.norms import ConvBN
 
 
 def _train_a_little(model, x, y, steps=5, lr=0.05):
@@ -255,7 +256,7 @@ def test_conv_norms_bound_the_unrolled_operator(stride, k):
         bn.running_var.uniform_(0.5, 2.0)            # bias t = 0: beta = running_mean = 0
     shape = (1, 3, 6, 5)
     J = torch.autograd.functional.jacobian(lambda v: bn(conv(v.view(shape))).flatten(), torch.zeros(math.prod(shape)))
-    c = _ConvBN(conv, bn, shape[-2:])
+    c = ConvBN(conv, bn, shape[-2:])
     true_spec = torch.linalg.matrix_norm(J.double(), ord=2).item()
     assert true_spec <= c.spec * (1 + 1e-6)
     assert c.frob_unrolled == pytest.approx(J.double().norm().item(), rel=1e-5)
