@@ -1,4 +1,4 @@
-"""Complexity terms and the two test-risk guarantees (theory.md sections 7-8; docs/theory_bounds.md).
+"""Complexity terms and the two test-risk guarantees (theory.md sections 7-8; THEORY.md).
 
 What is the paper's and what is ours:
 - [paper] the loss bound c from norm control (Remark N.4), eps_X with a Rademacher term, the two
@@ -11,7 +11,7 @@ What is the paper's and what is ours:
 
 Every norm is computed in float64. Budgets (norms, distances, B_x, B_h, LayerNorm variances) are
 measured at the model on S: the classes are "all networks whose budgets are at most those of this
-model" (no union bound over budgets is added; docs/theory_bounds.md says what that costs).
+model" (no union bound over budgets is added; THEORY.md section 7 says what that costs).
 """
 from __future__ import annotations
 
@@ -133,7 +133,7 @@ def complexity(model: nn.Module, x_S: torch.Tensor, *, bound: str = "grs", refer
       this is BFT's (prod s_k) (sum (b_k/s_k)^(2/3))^(3/2). Dudley (Lemma A.5) with a = C_j / sqrt(n):
         R_n(F_j) <= min(r_j, (12 a / sqrt(n)) (1 + ln(sqrt(n) r_j / (3 a)))),  r_j = ||w_j|| B_h + |b_j|.
       M = `reference` (same architecture: f_new at phi0, i.e. f_old's weights and phi0); without
-      one, M = 0. Caveat: BFT needs M fixed before S; f_old was trained on S (docs).
+      one, M = 0. Caveat: BFT needs M fixed before S; f_old was trained on S (THEORY.md 7).
 
     `new_block_position`: reports rho = ||phi - phi0|| over the new block's parameters.
     `n` overrides the sample size in the formula (default len(x_S)); the norms stay those on x_S.
@@ -214,7 +214,7 @@ def lipschitz_bound(model: nn.Module, x_S: torch.Tensor, batch_size: int = 1024)
     """Product of the stage Lipschitz factors: ||features(x) - features(x')|| <= L ||x - x'||
     (ours). Global for resnet in eval mode; for mlp valid for x, x' whose pre-norm variance at
     every LayerNorm is at least its minimum over S (e.g. x, x' in S): on that set
-    ||N(v) - N(v')|| <= ||v - v'|| / sqrt(v_min + eps) (docs/theory_bounds.md). Per logit j: L ||w_j||.
+    ||N(v) - N(v')|| <= ||v - v'|| / sqrt(v_min + eps) (THEORY.md 7). Per logit j: L ||w_j||.
     """
     net = describe(model, x_S, None, batch_size)
     L = math.prod(s.lip for s in net.stages)

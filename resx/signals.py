@@ -1,5 +1,5 @@
 """Activation-gradient signals: the paper's Figures 1 and 2 and observability (theory.md 5;
-docs/theory_signals.md).
+THEORY.md section 5).
 
 - a_k(x): the output of block k (k = 0: the stem's output, the input of blocks[0]);
   g_k(x, y) = dl/da_k, loss with reduction="sum" so that row i is sample i's own gradient, not
