@@ -14,6 +14,7 @@ Estimators (theory.md 4; the formulas are ours, standard U-statistic theory, Hoe
 """
 from __future__ import annotations
 
+import abc
 import math
 import statistics
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ STAT_DTYPE = torch.float64   # per-sample statistics are differences of near-equ
 # ---------------------------------------------------------------------------------------------
 # per-sample gradients of a candidate block's live parameters, as matrices or as factors
 
-class BlockGrads:
+class BlockGrads(abc.ABC):
     """Per-sample gradients g_i (i < n) of a candidate block's live parameters at phi0.
 
     In effect an (n, p) matrix, p = number of live parameters, in the order of `names`; the
@@ -46,8 +47,9 @@ class BlockGrads:
     shapes: tuple[torch.Size, ...]
 
     @property
+    @abc.abstractmethod
     def n(self) -> int:
-        raise NotImplementedError
+        """The number of samples."""
 
     @property
     def p(self) -> int:
