@@ -38,7 +38,7 @@ if first is None:
 
 @st.fragment(run_every=1.0 if first.is_active else None)
 def live():
-    snap = manager.snapshot(run_id)
+    snap = manager.snapshot(run_id) if first.is_active else first  # a finished run is read once
     if first.is_active and not snap.is_active:
         st.rerun()  # the job ended: one full rerun redraws the page without polling
     result = snap.result or {}
