@@ -3,7 +3,8 @@ import streamlit as st
 
 import ui
 from resx.config import ConfigError
-from resx.figures import FigureSettings, make_figures
+from resx.figure_files import make_figures
+from resx.figures import FigureSettings
 from resx import figure_plots as fp
 
 st.title("Signals")

@@ -185,7 +185,7 @@ def make_parser() -> argparse.ArgumentParser:
     runs.set_defaults(func=cmd_runs)
     presets = sub.add_parser("presets", help="list the presets and their configurations")
     presets.set_defaults(func=cmd_presets)
-    from .figures import add_figures_parser  # here: both reuse build_config from this module
+    from .figure_files import add_figures_parser  # here: both reuse build_config from this module
     from .sweep import add_sweep_parser
     from .bench import add_bench_parser
     add_sweep_parser(sub)

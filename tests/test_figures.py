@@ -12,9 +12,9 @@ import torch.nn.functional as F
 
 from resx import figure_plots as fp
 from resx.config import ConfigError, RunConfig
-from resx.figures import (FigureSettings, ModelBank, add_figures_parser, figure1_data,
-                          figure2_data, figure3_data, figure3_from_cells, make_figures, observability_data,
-                          observability_rows)
+from resx.figure_files import add_figures_parser, make_figures
+from resx.figures import (FigureSettings, ModelBank, figure1_data, figure2_data, figure3_data, figure3_from_cells,
+                          observability_data, observability_rows)
 from resx.train import risk
 
 TINY = RunConfig(dataset="shapes", arch="resnet", depth=1, width=2, position=0, n=64, n_probe=32, n_test=96,
@@ -246,7 +246,7 @@ def test_figures_subcommand_parses_and_builds_quick_settings():
     parser = argparse.ArgumentParser()
     add_figures_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["figures", "--out", "x", "--quick", "--widths", "4,8,16", "--no-png"])
-    from resx.figures import cmd_figures, settings_from_args
+    from resx.figure_files import cmd_figures, settings_from_args
     assert args.func is cmd_figures and args.no_png
     s = settings_from_args(args)
     assert s.fig3_widths == (4, 8, 16) and s.fig3_depths == (1, 2) and s.base.n == 1000
