@@ -139,7 +139,7 @@ def status_alert(page, status: str):
 
 def wait_settled(page, timeout_ms: int = 20_000) -> None:
     """No script run in progress (no stale, greyed elements; no "Stop" in Streamlit's header) and
-    every lazily loaded element drawn (no skeleton placeholders)."""
+    every lazily loaded element drawn (no loading skeletons left)."""
     page.wait_for_function(
         "() => !document.querySelector('[data-stale=\"true\"]')"
         " && !document.querySelector('[data-testid=\"stBaseButton-header\"]')"

@@ -54,3 +54,16 @@ def chromium():
         pytest.skip(message)
     pytest.importorskip("playwright.sync_api", reason="pip install playwright (the Python package only)")
     return path
+
+
+@pytest.fixture(scope="module")
+def browser(chromium):
+    """One headless system Chromium per test module, driven by Playwright."""
+    from playwright.sync_api import sync_playwright
+
+    from browser_util import launch_chromium
+
+    with sync_playwright() as p:
+        b = launch_chromium(p)
+        yield b
+        b.close()

@@ -21,7 +21,7 @@ from urllib.parse import urljoin
 import pytest
 
 from browser_util import (LIVE_POINT, PLOTLY, Server, count_charts, fill_lab_form,
-                          full_screenshot, launch_chromium, main_button, main_text, page_errors,
+                          full_screenshot, main_button, main_text, page_errors,
                           press_run, select_grid_row, status_alert, wait_app_ready, wait_settled,
                           wait_until)
 
@@ -54,15 +54,6 @@ def server(chromium, shots):
         srv.stop()
         shutil.copyfile(home / "streamlit.log", shots / "streamlit.log")
         shutil.rmtree(home, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def browser(server):
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        b = launch_chromium(p)
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")

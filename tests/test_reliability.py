@@ -34,7 +34,7 @@ from hypothesis.extra import numpy as hnp
 from streamlit.testing.v1 import AppTest
 
 from browser_util import (ROOT, Server, fill_lab_form, health_ok, kill_server,
-                          launch_chromium, page_errors, press_run, status_alert, upload_to_lab,
+                          page_errors, press_run, status_alert, upload_to_lab,
                           wait_app_ready, wait_until)
 from resx.config import ConfigError, OperatorCaps, RunConfig
 from resx.data import DataError, load_npz, save_upload
@@ -119,15 +119,6 @@ def _assert_kept_up_to_last_flush(home: Path, run_id: str, before: list, window:
     bound = _max_step(before) + 2 * max(window, 16)
     assert _max_step(after) <= bound, (_max_step(after), _max_step(before), window)
     return after
-
-
-@pytest.fixture(scope="module")
-def browser(chromium):
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as p:
-        b = launch_chromium(p)
-        yield b
-        b.close()
 
 
 def _new_page(browser):
@@ -646,7 +637,7 @@ def test_fuzzed_uploads_raise_only_data_error_and_keep_nothing_invalid(tmp_path)
 def _corrupt_central_directory() -> bytes:
     data = bytearray(BASES[0])
     pos = _central_entries(BASES[0])[0]
-    data[pos:pos + 4] = b"XXXX"
+    data[pos:pos + 4] = b"\0\0\0\0"  # the first central-directory entry loses its signature
     return bytes(data)
 
 
@@ -704,6 +695,7 @@ BAD_UPLOADS = [  # (file name, bytes, what the error says)
     ("negative.npz", _npz(X=np.ones((10, 3)), y=-np.ones(10, dtype=np.int64)), "negative labels"),
     ("one_class.npz", _npz(X=np.ones((10, 3)), y=np.zeros(10, dtype=np.int64)), "K = max(y) + 1 = 1"),
     ("mismatch.npz", _npz(X=np.ones((10, 3)), y=np.arange(7) % 2), "rows but y has"),
+    ("damaged.npz", _corrupt_central_directory(), "not a readable .npz archive"),
 ]
 
 
@@ -754,23 +746,6 @@ def test_bad_uploads_in_the_lab_show_errors_and_the_server_keeps_running(browser
         status_alert(page, "done").wait_for(timeout=RUN_TIMEOUT_MS)
         assert run_id in page.locator('[data-testid="stMain"]').inner_text()
         assert not page_errors(page), page_errors(page)
-    finally:
-        ctx.close()
-
-
-@pytest.mark.browser
-def test_a_damaged_zip_upload_in_the_lab_shows_the_upload_error(browser, upload_server, tmp_path):
-    """An .npz whose zip directory is damaged shows the Lab's upload error, not an exception box."""
-    ctx, page = _new_page(browser)
-    try:
-        page.goto(upload_server.url + "/")
-        wait_app_ready(page)
-        path = tmp_path / "damaged.npz"
-        path.write_bytes(_corrupt_central_directory())
-        _upload_outcome(page, path, "")
-        assert upload_server.proc.poll() is None and health_ok(upload_server.url)
-        assert not page_errors(page), page_errors(page)
-        assert page.locator('[data-testid="stAlert"]', has_text="The upload was not used").count() == 1
     finally:
         ctx.close()
 
