@@ -1,23 +1,26 @@
 """What the Lab costs the server and a user: the benchmarks that drive Streamlit.
 
-`python -m resx bench` loads this file for two of its benchmarks, so that resx itself never
-imports Streamlit (README "Architecture"):
+Two of the suite's benchmarks (`python -m benchmarks`), here because resx itself never imports
+Streamlit (README "Architecture"):
+- panel_render: the Lab's live panels over a 10,000-step history, built and serialised; in full
+  mode also an AppTest run of the Lab page on that finished run;
 - server_memory: peak resident memory of a real `streamlit run app.py` while the Lab runs
-  demo-mlp, pressed in the system Chromium (tests/browser_util.py starts and drives both);
-- panel_render's full mode: an AppTest run of the Lab page on a finished 10,000-step run.
+  demo-mlp, pressed in the system Chromium (tests/browser_util.py starts and drives both).
 
 Run as a script, it measures the time from pressing Run to the first live point of the training
 curves: in-process (`JobManager.submit` to the first base "loss" record in `snapshot()`) and in
 the browser (the click to the first drawn line, including the live fragment's 1 s tick).
 
-Usage: python benchmarks/bench_app.py [--run-reps 3] [--no-browser]
+Usage: python -m benchmarks.bench_app [--run-reps 3] [--no-browser]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -25,14 +28,18 @@ import time
 from pathlib import Path
 from unittest import mock
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 for path in (ROOT, ROOT / "tests"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
 import resx  # noqa: E402,F401  (torch first, on the main thread)
-from resx.bench import SMALL, format_figure, machine_info, spread  # noqa: E402
-from resx.config import PRESETS, RunConfig  # noqa: E402
+from resx.core.config import PRESETS, RunConfig  # noqa: E402
+from resx.core.records import Record  # noqa: E402
+
+from benchmarks.harness import SMALL, Sizes, format_figure, machine_info, spread  # noqa: E402
 
 
 # -- panel_render: the whole Lab page ------------------------------------------------------------
@@ -43,7 +50,7 @@ def apptest_lab(records, result: dict, reps: int) -> dict:
     import torch
     from streamlit.testing.v1 import AppTest
 
-    from resx.store import RecordWriter, Store
+    from resx.runs.store import RecordWriter, Store
 
     threads = torch.get_num_threads()
     # "missing ScriptRunContext" warnings, for the cache cleared outside a page; a filter, because
@@ -164,12 +171,137 @@ def server_memory(sizes) -> tuple[float, dict]:
     return peak, raw
 
 
+# ---------------------------------------------------------------------------------------------
+# panel_render: the Lab's live panels, server side, with a long history
+
+def lab_history(steps: int, positions: int = 5, margin_every: int = 200, seed: int = 0) -> tuple[Record, ...]:
+    """Records like a snapshot of a finished run of `steps` base steps: L_S, L_T, L (with its stderr),
+    and accuracies evaluated at every step (a real run evaluates once per epoch: an upper bound), U_P,
+    X_P and ||G_S||^2 at every position every `margin_every` steps (a real run: 20 columns), then
+    steps // 4 steps each of the expanded model and the control."""
+    rng = np.random.default_rng(seed)
+    out: list[Record] = []
+    for phase, length, floor in (("base", steps, 0.5), ("new", steps // 4, 0.45), ("control", steps // 4, 0.47)):
+        for step in range(length):
+            base = 2.3 * np.exp(-step / 3000) + floor
+            out.append(Record(phase, step, "S", "loss", float(base - 0.1 + 0.01 * rng.standard_normal()), 0.02))
+            out.append(Record(phase, step, "T", "loss", float(base + 0.01 * rng.standard_normal()), 0.02))
+            out.append(Record(phase, step, "pop", "loss", float(base + 0.005 * rng.standard_normal()), 0.004))
+            out.append(Record(phase, step, "S", "acc", float(0.5 + step / (4 * length))))
+            out.append(Record(phase, step, "T", "acc", float(0.45 + step / (4 * length))))
+            if phase == "base" and step % margin_every == 0:
+                for k in range(positions):
+                    for name in ("kappa2_U", "kappa2_cross", "kappa2_train_naive"):
+                        out.append(Record("margins", step, "P", name, float(abs(rng.normal(0.02, 0.01))), 0.005, k))
+    return tuple(out)
+
+
+def small_result() -> dict:
+    """result.json of a real, small demo-mlp run: margins, jumpboard and routes as the Lab gets them."""
+    from resx.runs.pipeline import run_pipeline
+
+    return run_pipeline(PRESETS["demo-mlp"].replace(**SMALL, n_pop=4096, device="cpu"))
+
+
+def render_panels(records: tuple[Record, ...], result: dict, position: int) -> dict[str, tuple[float, int]]:
+    """Each live panel built by resx.figures.live and serialised by Figure.to_json (what st.plotly_chart
+    sends): {panel: (seconds, payload bytes)}."""
+    from resx.figures import live as plots
+
+    panels = {"training_curves": lambda: plots.training_curves(records),
+              "margin_heatmap": lambda: plots.margin_heatmap(records),
+              "margin_estimates": lambda: plots.margin_estimates(result["margins"], position),
+              "jumpboard_curve": lambda: plots.jumpboard_curve(result["jumpboard"]),
+              "route_waterfall_A": lambda: plots.route_waterfall(result["routes"]["A"]),
+              "route_waterfall_B": lambda: plots.route_waterfall(result["routes"]["B"])}
+    out = {}
+    for name, make in panels.items():
+        start = time.perf_counter()
+        payload = make().to_json()
+        out[name] = (time.perf_counter() - start, len(payload))
+    return out
+
+
+def bench_panel_render(sizes: Sizes, reps: int) -> tuple[float, dict]:
+    """Milliseconds for one tick of the Lab's panels over a 10,000-step history (median)."""
+    records = lab_history(sizes.history_steps)
+    result = small_result()
+    position = result["config"]["position"]
+    ticks = [render_panels(records, result, position) for _ in range(reps + 1)][1:]   # the first warms up
+    raw = {"what": f"{len(records)} records: {sizes.history_steps} base steps (+ {sizes.history_steps // 4} "
+                   f"each fine-tuned and control) evaluated at every step, 50 heatmap columns; the result "
+                   f"of a small demo-mlp run; figure built and Figure.to_json()",
+           "panels_ms": {name: spread([t[name][0] for t in ticks], 1000, "ms") for name in ticks[0]},
+           "payload_kb": {name: ticks[0][name][1] / 1024 for name in ticks[0]},
+           "total_ms": spread([sum(s for s, _ in t.values()) for t in ticks], 1000, "ms")}
+    raw["payload_kb"]["total"] = sum(raw["payload_kb"].values())
+    if sizes.apptest:
+        try:
+            raw["apptest_lab"] = apptest_lab(records, result, reps)
+        except Exception as e:  # optional: the figure above is the headline
+            raw["apptest_error"] = f"{type(e).__name__}: {e}"
+    return raw["total_ms"]["median"], raw
+
+
+# ---------------------------------------------------------------------------------------------
+# server_memory: peak RSS of a real server running demo-mlp, driven by Chromium
+
+def bench_server_memory(sizes: Sizes, reps: int) -> tuple[float, dict]:
+    """Peak resident memory (MiB) of `streamlit run app.py` while the Lab runs demo-mlp, pressed in
+    the system Chromium (benchmarks/bench_app.py); without a checkout, Playwright or Chromium,
+    the peak of a process that runs the same job without Streamlit (a lower bound, so marked)."""
+    try:
+        peak, raw = server_memory(sizes)
+    except (ImportError, FileNotFoundError) as e:
+        raw = pipeline_memory(sizes) | {"why_proxy": f"{type(e).__name__}: {e}"}
+        return raw["peak_mib"], raw
+    if sizes.memory_baseline:   # what the same job costs without Streamlit, for comparison
+        try:
+            raw["pipeline_only"] = pipeline_memory(sizes)
+        except Exception as e:
+            raw["pipeline_only"] = f"failed: {type(e).__name__}: {e}"
+    return peak, raw
+
+
+PIPELINE_CHILD = """
+import json, sys, tempfile
+import resx
+from resx.core.config import PRESETS
+from resx.runs.jobs import JobManager
+from resx.runs.pipeline import run_pipeline
+from resx.runs.store import Store
+with tempfile.TemporaryDirectory(prefix="resx-bench-proxy-") as home:
+    store = Store(home)
+    manager = JobManager(store, run_pipeline)
+    run_id = manager.submit(PRESETS["demo-mlp"].replace(**json.loads(sys.argv[1])), source="bench")
+    snap = manager.wait(run_id, timeout=600)
+    manager.shutdown()
+    store.close()
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over an exec, so it would count the parent's RSS
+peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"status": snap.status, "peak_kib": peak}))
+"""
+
+
+def pipeline_memory(sizes: Sizes) -> dict:
+    """Peak RSS (VmHWM) of a child process that runs demo-mlp through a JobManager, no Streamlit."""
+    values = dict(sizes.server_run)
+    out = subprocess.run([sys.executable, "-c", PIPELINE_CHILD, json.dumps(values)], capture_output=True,
+                         text=True, timeout=600, cwd=ROOT, check=True)
+    child = json.loads(out.stdout.strip().splitlines()[-1])
+    if child["status"] != "done":
+        raise RuntimeError(f"the run ended {child['status']}")
+    return {"method": "a child process running demo-mlp through resx.jobs.JobManager without Streamlit; "
+                      "peak = its VmHWM", "run": f"demo-mlp {values or 'as shipped'}",
+            "peak_mib": child["peak_kib"] / 1024}
+
+
 # -- Run -> first live point ---------------------------------------------------------------------
 def first_record_in_process(cfg: RunConfig, reps: int) -> tuple[list[float], list[float]]:
     """Seconds from submit to the first record of any kind, and to the first base 'loss' record."""
-    from resx.jobs import JobManager
-    from resx.pipeline import run_pipeline
-    from resx.store import Store
+    from resx.runs.jobs import JobManager
+    from resx.runs.pipeline import run_pipeline
+    from resx.runs.store import Store
 
     home = Path(tempfile.mkdtemp(prefix="resx-bench-"))
     store = Store(home)

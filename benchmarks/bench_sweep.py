@@ -6,9 +6,9 @@
 (b) one trivial task's round trip: a plain call, a LocalExecutor process-pool submit/result, and
     ray.get(f.remote()), each `--calls` times one after another.
 
-Usage: python benchmarks/bench_sweep.py [--reps 3] [--workers 2] [--calls 50] [--cell tiny|small].
+Usage: python -m benchmarks.bench_sweep [--reps 3] [--workers 2] [--calls 50] [--cell tiny|small].
 Prints the machine, the versions, and the median (min - max) over the repetitions; the timing and
-reporting helpers are resx.bench's (`python -m resx bench` runs the other benchmarks).
+reporting helpers are benchmarks/harness.py's (`python -m benchmarks` runs the suite).
 """
 from __future__ import annotations
 
@@ -23,9 +23,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from resx.bench import format_figure, interleaved, machine_info, spread  # noqa: E402
-from resx.config import RunConfig  # noqa: E402
-from resx.sweep import LocalExecutor, RayExecutor, SweepSpec, run_cell, run_sweep  # noqa: E402
+from benchmarks.harness import format_figure, interleaved, machine_info, spread  # noqa: E402
+from resx.core.config import RunConfig  # noqa: E402
+from resx.scale.sweep import LocalExecutor, RayExecutor, SweepSpec, run_cell, run_sweep  # noqa: E402
 
 CELLS = {  # the per-cell cost decides how much the executor's overhead matters
     "tiny": RunConfig(n=128, n_probe=128, n_test=128, n_pop=1024, epochs=1, finetune_epochs=1),
@@ -38,7 +38,7 @@ def noop(config, cancel=None):
 
 
 def throughput(spec: SweepSpec, executors: dict, reps: int) -> dict[str, list[float]]:
-    """Cells per minute of each executor, interleaved (resx.bench.interleaved): the executors take
+    """Cells per minute of each executor, interleaved (benchmarks.harness.interleaved): the executors take
     turns within each repetition, so that a change in the machine's load falls on all of them alike;
     the untimed warm-up starts the workers, imports torch and pays the first-call costs."""
     arms = {name: (lambda ex: lambda: run_sweep(spec, ex))(ex) for name, ex in executors.items()}

@@ -4,8 +4,8 @@ import pandas as pd
 import streamlit as st
 
 import ui
-from resx import figure_plots as fp
-from resx.allocation import LEVINE_2020, fit_allocation, table3
+from resx.figures import paper as fp
+from resx.figures.allocation import LEVINE_2020, fit_allocation, table3
 
 st.title("Allocation")
 law = LEVINE_2020.to_dict()

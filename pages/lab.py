@@ -2,7 +2,8 @@
 import streamlit as st
 
 import ui
-from resx import plots
+from resx.core.config import RunConfig
+from resx.figures import live as plots
 
 st.title("Lab")
 st.caption("Train a post-normalized residual network, measure the descent margin at every insertion "
@@ -12,7 +13,7 @@ manager = ui.get_manager()
 shown = ui.config_from_url()
 linked = st.query_params.get("run")
 if linked and set(st.query_params) <= {"run", "preset"} and (snap := manager.snapshot(linked)):
-    shown = ui.RunConfig.from_dict(snap.config)  # a shared ?run= link shows that run's configuration
+    shown = RunConfig.from_dict(snap.config)  # a shared ?run= link shows that run's configuration
 cfg, preset, run_pressed = ui.config_form(shown, npz_path=ui.upload_panel())
 if run_pressed and cfg is not None:
     mine = [r for r in st.session_state.setdefault("my_runs", []) if (s := manager.snapshot(r)) and s.is_active]

@@ -7,8 +7,7 @@ import pandas as pd
 import streamlit as st
 
 import ui
-from resx import plots
-
+from resx.figures import live as plots
 st.title("Runs")
 store = ui.get_manager().store
 

@@ -4,10 +4,10 @@ import plotly.express as px
 import streamlit as st
 
 import ui
-from resx.config import PRESETS, ConfigError
-from resx.executors import InlineExecutor, LocalExecutor, RayExecutor
-from resx.figures import figure3_from_cells
-from resx.sweep import SweepSpec, run_sweep
+from resx.core.config import PRESETS, ConfigError
+from resx.scale.executors import InlineExecutor, LocalExecutor, RayExecutor
+from resx.figures.cells import figure3_from_cells
+from resx.scale.sweep import SweepSpec, run_sweep
 
 st.title("Scaling")
 st.caption("Each cell trains the base model, measures every descent margin, expands once at the middle "

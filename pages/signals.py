@@ -2,11 +2,10 @@
 import streamlit as st
 
 import ui
-from resx.config import ConfigError
-from resx.figure_files import make_figures
-from resx.figures import FigureSettings
-from resx import figure_plots as fp
-
+from resx.core.config import ConfigError
+from resx.scale.paper_figures import make_figures
+from resx.scale.paper_data import FigureSettings
+from resx.figures import paper as fp
 st.title("Signals")
 st.caption("Activation-gradient statistics of trained ResNets: the covariance before the head (figure 1), "
            "the decay of the first-order average signal with depth (figure 2), and how width and n make a "

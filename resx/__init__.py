@@ -5,11 +5,11 @@ before any worker thread starts (design.md "Engineering facts").
 """
 import torch  # noqa: F401  (first import on the main thread, never inside a worker)
 
-from .config import PRESETS, ConfigError, RunConfig
-from .data import DataError, load_data
-from .models import PreservationReport, build_model, insert_block
-from .pipeline import run_pipeline
-from .records import Record
+from .core.config import PRESETS, ConfigError, RunConfig
+from .core.data import DataError, load_data
+from .core.models import PreservationReport, build_model, insert_block
+from .core.records import Record
+from .runs.pipeline import run_pipeline
 
 __all__ = ["PRESETS", "ConfigError", "DataError", "RunConfig", "PreservationReport", "Record", "build_model",
            "insert_block", "load_data", "run_pipeline"]

@@ -13,33 +13,11 @@ import sys
 import time
 from pathlib import Path
 
-from .config import DEFAULT_PRESET, PRESETS, ConfigError, RunConfig, parse_assignment
-from .data import DataError
-from .records import Record
+from .core.config import DEFAULT_PRESET, PRESETS, ConfigError, build_config
+from .core.data import DataError
+from .core.records import Record
 
 EXIT_BAD_INPUT = 2
-
-
-def build_config(preset: str | None, config_file: str | None, assignments: list[str]) -> RunConfig:
-    """A preset (default demo-mlp) or a JSON file, then `key=value` overrides, validated once."""
-    if preset and config_file:
-        raise ConfigError("--config", config_file, "either --preset or --config, not both")
-    if config_file:
-        path = Path(config_file)
-        try:
-            base = json.loads(path.read_text())
-        except (OSError, ValueError) as e:  # JSONDecodeError, and ints past Python's digit limit
-            raise ConfigError("--config", config_file, f"a readable JSON file ({e})") from None
-        base = RunConfig.from_dict(base).to_dict()
-    else:
-        name = preset or DEFAULT_PRESET
-        if name not in PRESETS:
-            raise ConfigError("--preset", name, f"one of {sorted(PRESETS)}")
-        base = PRESETS[name].to_dict()
-    for text in assignments:
-        key, value = parse_assignment(text)
-        base[key] = value
-    return RunConfig.from_dict(base)
 
 
 class ProgressBar:
@@ -78,8 +56,8 @@ class ProgressBar:
 
 def cmd_run(args) -> int:
     """Run the pipeline, recording it in the store (shared with the app) unless --no-store."""
-    from .pipeline import run_pipeline
-    from .store import RecordWriter, Store
+    from .runs.pipeline import run_pipeline
+    from .runs.store import RecordWriter, Store
 
     cfg = build_config(args.preset, args.config, args.set or [])
     store = None if args.no_store else Store()
@@ -119,7 +97,7 @@ def cmd_run(args) -> int:
 
 def cmd_runs(args) -> int:
     """List, show or export runs from the store."""
-    from .store import Store
+    from .runs.store import Store
 
     store = Store()
     store.recover_interrupted()  # runs whose process died (kill -9, a crash) read as interrupted
@@ -185,13 +163,32 @@ def make_parser() -> argparse.ArgumentParser:
     runs.set_defaults(func=cmd_runs)
     presets = sub.add_parser("presets", help="list the presets and their configurations")
     presets.set_defaults(func=cmd_presets)
-    from .figure_files import add_figures_parser  # here: both reuse build_config from this module
-    from .sweep import add_sweep_parser
-    from .bench import add_bench_parser
+    from .scale.paper_figures import add_figures_parser
+    from .scale.sweep import add_sweep_parser
     add_sweep_parser(sub)
     add_figures_parser(sub)
     add_bench_parser(sub)
     return parser
+
+
+def add_bench_parser(sub):
+    """`bench` forwards to the checkout's benchmarks/ (`python -m benchmarks`): benchmarks measure
+    resx from outside, so they live beside tests/, not inside the package."""
+    try:
+        from benchmarks.suite import add_bench_parser as add_suite_parser
+    except ModuleNotFoundError as e:
+        if e.name not in ("benchmarks", "benchmarks.suite"):
+            raise
+        bench = sub.add_parser("bench", help="the benchmark suite (needs a source checkout)")
+        bench.set_defaults(func=lambda args: no_benchmarks())
+        return
+    add_suite_parser(sub)
+
+
+def no_benchmarks() -> int:
+    print("error: the benchmarks live in the source checkout's benchmarks/ folder; run "
+          "`python -m resx bench` from the checkout's root", file=sys.stderr)
+    return EXIT_BAD_INPUT
 
 
 def main(argv: list[str] | None = None) -> int:

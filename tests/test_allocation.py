@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from resx.allocation import (GPT3_CONFIGS, LEVINE_2020, DepthWidthLaw, best_depths, fit_allocation, fit_log_law,
+from resx.figures.allocation import (GPT3_CONFIGS, LEVINE_2020, DepthWidthLaw, best_depths, fit_allocation, fit_log_law,
                              table3, write_table3_csv)
 
 

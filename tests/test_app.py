@@ -53,9 +53,9 @@ def test_lab_rejects_a_bad_configuration_with_a_clear_message(app_home):
 
 def test_runs_page_lists_and_compares_runs(app_home):
     """The Runs page lists the store's runs; a run finished from the command line shows there."""
-    from resx.config import RunConfig
-    from resx.pipeline import run_pipeline
-    from resx.store import RecordWriter, Store
+    from resx.core.config import RunConfig
+    from resx.runs.pipeline import run_pipeline
+    from resx.runs.store import RecordWriter, Store
 
     store = Store(app_home)
     cfg = RunConfig(n=100, n_probe=100, n_test=100, n_pop=512, epochs=1, finetune_epochs=1, width=8)

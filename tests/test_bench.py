@@ -1,20 +1,21 @@
-"""The benchmark suite (`python -m resx bench`): the shape of its report, never its numbers."""
-import argparse
+"""The benchmark suite (`python -m resx bench`, `python -m benchmarks`): the shape of its report, never its numbers."""
 import json
 
 import pytest
 
-from resx import bench
-from resx.config import ConfigError
+from benchmarks import harness
+from benchmarks import suite as bench
+from resx.core.config import ConfigError
 
 CHEAP = ("trainer_overhead.ratio", "data_pipeline.ratio", "all_positions.ratio", "per_sample_stats.ratio",
          "panel_render.ms")
 
 
 def run_cli(argv, capsys):
-    """`python -m resx bench ARGV` through the parser resx.cli registers; (exit code, stdout)."""
-    parser = argparse.ArgumentParser()
-    bench.add_bench_parser(parser.add_subparsers(dest="command", required=True))
+    """`python -m resx bench ARGV` through the parser resx.cli makes; (exit code, stdout)."""
+    from resx.cli import make_parser
+
+    parser = make_parser()
     args = parser.parse_args(["bench", *argv])
     code = args.func(args)
     return code, capsys.readouterr().out
@@ -59,6 +60,6 @@ def test_interleaved_alternates_the_order_of_the_arms_every_round():
     """After one warm-up each, rounds run A B, then B A, then A B: load drift falls on both arms alike."""
     calls = []
     arms = {"A": lambda: calls.append("A"), "B": lambda: calls.append("B")}
-    times, _ = bench.interleaved(arms, reps=3, min_round_s=0.0)
+    times, _ = harness.interleaved(arms, reps=3, min_round_s=0.0)
     assert calls == ["A", "B", "A", "B", "B", "A", "A", "B"]
     assert [len(t) for t in times.values()] == [3, 3]

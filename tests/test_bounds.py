@@ -7,11 +7,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from resx import bounds
-from resx.bounds import (ComplexityTerm, complexity, epsilon, hoeffding, lipschitz_bound, loss_bound,
+from resx.theory import bounds
+from resx.theory.bounds import (ComplexityTerm, complexity, epsilon, hoeffding, lipschitz_bound, loss_bound,
                          make_terms, n_nonvacuous, representational_gain, route_a, route_b, tighter_route)
-from resx.models import LN_EPS, MLP, ResNet, insert_block
-from resx.norms import ConvBN
+from resx.core.models import LN_EPS, MLP, ResNet, insert_block
+from resx.theory.norms import ConvBN
 
 
 def _train_a_little(model, x, y, steps=5, lr=0.05):

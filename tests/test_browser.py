@@ -182,7 +182,7 @@ def test_stop_cancels_a_running_job_and_keeps_its_records(page, server, shots):
     wait_settled(page)
     full_screenshot(page, shots / "lab_cancelled.png")
 
-    from resx.store import Store
+    from resx.runs.store import Store
     store = Store(server.home)
     try:
         run = store.get_run(run_id)
@@ -271,9 +271,9 @@ def test_runs_page_logs_no_traceback(finished_run, page, server):
 
 
 def _linked_anchors() -> set[str]:
-    """Every Theory anchor the app links to: theory_link("<anchor>", ...) in ui.py and pages/."""
+    """Every Theory anchor the app links to: theory_link("<anchor>", ...) in ui/ and pages/."""
     root = Path(__file__).resolve().parents[1]
-    sources = [root / "ui.py", *sorted((root / "pages").glob("*.py"))]
+    sources = [*sorted((root / "ui").glob("*.py")), *sorted((root / "pages").glob("*.py"))]
     return {m for f in sources for m in re.findall(r'theory_link\(\s*"([\w-]+)"', f.read_text())}
 
 

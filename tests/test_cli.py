@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from resx.config import RunConfig
-from resx.pipeline import load_checkpoint
+from resx.core.config import RunConfig
+from resx.runs.pipeline import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["n=300", "n_probe=200", "n_test=200", "n_pop=2048", "epochs=2", "finetune_epochs=1", "width=16"]

@@ -4,7 +4,7 @@ import dataclasses
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from resx.config import PRESETS, ConfigError, RunConfig, parse_assignment
+from resx.core.config import PRESETS, ConfigError, RunConfig, parse_assignment
 
 FIELDS = {f.name: f.type for f in dataclasses.fields(RunConfig)}
 ANY_VALUE = st.one_of(st.none(), st.booleans(), st.integers(-10**9, 10**9),
@@ -68,7 +68,7 @@ def test_command_line_assignments_raise_only_the_configuration_error(text):
 
 def test_operator_caps_refuse_configurations_over_them():
     """Caps from the environment refuse a wider, deeper or larger run with a message naming the cap."""
-    from resx.config import OperatorCaps
+    from resx.core.config import OperatorCaps
 
     caps = OperatorCaps.from_env({"RESX_MAX_WIDTH": "32", "RESX_MAX_N": "500"})
     assert caps.check(RunConfig(width=32, n=500, n_probe=500, n_test=500)).width == 32

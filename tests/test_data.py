@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 import torchvision.datasets as tvd
 
-from resx import data as D
-from resx.config import RunConfig
-from resx.data import (DataError, Split, augment_batch, iterate_batches, load_data, load_npz,
+from resx.core import data as D
+from resx.core.config import RunConfig
+from resx.core.data import (DataError, Split, augment_batch, iterate_batches, load_data, load_npz,
                        npz_num_classes)
 
 
@@ -355,7 +355,7 @@ def test_uploads_are_validated_before_they_are_kept(tmp_path):
     """A valid upload is kept once under its hash; an invalid one raises DataError and leaves nothing behind."""
     import io
 
-    from resx.data import save_upload
+    from resx.core.data import save_upload
 
     good = io.BytesIO()
     np.savez(good, X=np.random.default_rng(0).normal(size=(20, 3)).astype(np.float32), y=np.arange(20) % 2)

@@ -10,12 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from resx import figure_plots as fp
-from resx.config import ConfigError, RunConfig
-from resx.figure_files import add_figures_parser, make_figures
-from resx.figures import (FigureSettings, ModelBank, figure1_data, figure2_data, figure3_data, figure3_from_cells,
-                          observability_data, observability_rows)
-from resx.train import risk
+from resx.figures import paper as fp
+from resx.core.config import ConfigError, RunConfig
+from resx.scale.paper_figures import add_figures_parser, make_figures
+from resx.figures.cells import figure3_from_cells
+from resx.scale.paper_data import (FigureSettings, ModelBank, figure1_data, figure2_data, figure3_data, observability_data, observability_rows)
+from resx.core.train import risk
 
 TINY = RunConfig(dataset="shapes", arch="resnet", depth=1, width=2, position=0, n=64, n_probe=32, n_test=96,
                  n_pop=256, optimizer="sgd", lr=0.05, batch_size=32, epochs=1, finetune_epochs=1, device="cpu")
@@ -114,7 +114,7 @@ def test_observability_rows_and_plot_from_a_real_model(bank):
 def test_last_position_summed_over_space_is_the_head_input_gradient(bank):
     """With global average pooling, the spatially summed activation gradient after the last block equals
     the head-input gradient (softmax - e_y)' W_head, so obs_position = num_blocks observes the head input."""
-    from resx.signals import activation_gradients, head_input_gradients
+    from resx.theory.signals import activation_gradients, head_input_gradients
     settings = _settings()
     model, data = bank.get(settings.config(1, 4))
     _, (g,) = activation_gradients(model, data.T.x, data.T.y, positions=[len(model.blocks)], sum_spatial=True,
@@ -246,7 +246,7 @@ def test_figures_subcommand_parses_and_builds_quick_settings():
     parser = argparse.ArgumentParser()
     add_figures_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["figures", "--out", "x", "--quick", "--widths", "4,8,16", "--no-png"])
-    from resx.figure_files import cmd_figures, settings_from_args
+    from resx.scale.paper_figures import cmd_figures, settings_from_args
     assert args.func is cmd_figures and args.no_png
     s = settings_from_args(args)
     assert s.fig3_widths == (4, 8, 16) and s.fig3_depths == (1, 2) and s.base.n == 1000
@@ -254,7 +254,7 @@ def test_figures_subcommand_parses_and_builds_quick_settings():
 
 def test_a_missing_cifar_folder_is_a_clear_data_error(tmp_path, monkeypatch):
     """--dataset cifar10 without its files raises DataError naming the folder (the CLI prints it as one line)."""
-    from resx.data import DataError
+    from resx.core.data import DataError
     monkeypatch.setenv("RESX_DATA_DIR", str(tmp_path / "nowhere"))
     monkeypatch.delenv("RESX_ALLOW_DOWNLOAD", raising=False)
     with pytest.raises(DataError, match="nowhere"):

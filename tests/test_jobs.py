@@ -1,13 +1,13 @@
-"""The job manager: queueing, cancellation, failure, bounded concurrency, shutdown (resx/jobs.py)."""
+"""The job manager: queueing, cancellation, failure, bounded concurrency, shutdown (resx/runs/jobs.py)."""
 import threading
 import time
 
 import pytest
 
-from resx.config import RunConfig
-from resx.jobs import Cancelled, JobManager, default_workers
-from resx.records import Record
-from resx.store import Store
+from resx.core.config import RunConfig
+from resx.runs.jobs import Cancelled, JobManager, default_workers
+from resx.core.records import Record
+from resx.runs.store import Store
 
 CONFIG = RunConfig()
 

@@ -5,10 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from resx.data import Split
-from resx.jumpboard import jump_margins, jumpboard_path, live_gradient, split_halves
-from resx.margins import descent_margins
-from resx.models import MLP, ResNet, insert_block
+from resx.core.data import Split
+from resx.theory.jumpboard import jump_margins, jumpboard_path, live_gradient, split_halves
+from resx.theory.margins import descent_margins
+from resx.core.models import MLP, ResNet, insert_block
 
 from test_margins import D, K, teacher  # the same small teacher task
 
@@ -112,7 +112,7 @@ def test_resnet_jumpboard_first_order_line_uses_the_one_sided_slope():
     f_new, _ = insert_block(model, 2, S.x, S.y, seed=0)
     eta = 1e-5
     jb = jumpboard_path(f_new, 2, S, P, T, None, etas=[eta])
-    from resx.jumpboard import mean_loss, set_live_
+    from resx.theory.jumpboard import mean_loss, set_live_
     work = jb.model
     phi0 = {n: f_new.blocks[2].get_parameter(n).detach() for n in jb.direction}
     set_live_(work, 2, phi0, jb.direction, eta)

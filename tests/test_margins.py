@@ -5,14 +5,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import resx.margins as margins
-import resx.models as models
-from resx.data import Split
-from resx.jumpboard import finite_difference_check
-from resx.margins import (FactoredGrads, block_gradients, block_gradients_reference, cross_fit,
+import resx.theory.margins as margins
+import resx.core.models as models
+from resx.core.data import Split
+from resx.theory.jumpboard import finite_difference_check
+from resx.theory.margins import (FactoredGrads, block_gradients, block_gradients_reference, cross_fit,
                           descent_margins, naive_sq_norm, population_margins,
                           u_statistic)
-from resx.models import MLP, LN_EPS, ResNet, activations_at, candidate_block, insert_block
+from resx.core.models import MLP, LN_EPS, ResNet, activations_at, candidate_block, insert_block
 
 D, K = 8, 4   # teacher task of the statistical tests: inputs in R^8, 4 classes
 

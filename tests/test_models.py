@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from resx.config import RunConfig
-from resx.models import MLP, ResNet, build_model, insert_block, resnet_plan
+from resx.core.config import RunConfig
+from resx.core.models import MLP, ResNet, build_model, insert_block, resnet_plan
 
 
 def _model(arch, depth=2, width=8, seed=0):

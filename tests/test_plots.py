@@ -1,8 +1,8 @@
 """Figure functions: pure data -> plotly figures, with the traces a reader relies on."""
 import numpy as np
 
-from resx.plots import downsample, margin_heatmap, route_waterfall, training_curves
-from resx.records import Record
+from resx.figures.live import downsample, margin_heatmap, route_waterfall, training_curves
+from resx.core.records import Record
 
 
 def _history(steps):

@@ -36,11 +36,11 @@ from streamlit.testing.v1 import AppTest
 from browser_util import (ROOT, Server, fill_lab_form, health_ok, kill_server,
                           page_errors, press_run, status_alert, upload_to_lab,
                           wait_app_ready, wait_until)
-from resx.config import ConfigError, OperatorCaps, RunConfig
-from resx.data import DataError, load_npz, save_upload
-from resx.jobs import JobManager
-from resx.pipeline import run_pipeline
-from resx.store import Store
+from resx.core.config import ConfigError, OperatorCaps, RunConfig
+from resx.core.data import DataError, load_npz, save_upload
+from resx.runs.jobs import JobManager
+from resx.runs.pipeline import run_pipeline
+from resx.runs.store import Store
 
 pytestmark = pytest.mark.reliability
 

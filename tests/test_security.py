@@ -29,9 +29,9 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from browser_util import CHROMIUM, ROOT, Server, health_ok, launch_chromium, listening_addresses, wait_app_ready
-from resx.config import RunConfig
-from resx.data import DataError, data_dir, save_upload
-from resx.pipeline import CHECKPOINTS, load_checkpoint, run_pipeline
+from resx.core.config import RunConfig
+from resx.core.data import DataError, data_dir, save_upload
+from resx.runs.pipeline import CHECKPOINTS, load_checkpoint, run_pipeline
 
 APP_TIMEOUT = 120  # AppTest's default (3 s) is shorter than importing torch
 TINY = dict(n=100, n_probe=100, n_test=100, n_pop=512, epochs=1, finetune_epochs=1, width=8, depth=2, position=1)
@@ -221,7 +221,8 @@ def _calls(tree):
 
 def test_the_source_never_deserialises_unsafely():
     """Every torch.load in the app passes weights_only=True, every np.load allow_pickle=False, and nothing calls pickle/marshal/joblib/dill loaders or eval/exec."""
-    sources = [*sorted((ROOT / "resx").glob("*.py")), ROOT / "app.py", ROOT / "ui.py", *sorted((ROOT / "pages").glob("*.py"))]
+    sources = [*sorted((ROOT / "resx").rglob("*.py")), ROOT / "app.py", *sorted((ROOT / "ui").glob("*.py")),
+               *sorted((ROOT / "pages").glob("*.py"))]
     bad = []
     for path in sources:
         for line, name, kw in _calls(ast.parse(path.read_text(), str(path))):

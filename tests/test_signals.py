@@ -7,8 +7,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from resx.models import MLP, ResNet
-from resx.signals import (activation_gradients, gradient_covariance, head_input_gradients, mean_signal,
+from resx.core.models import MLP, ResNet
+from resx.theory.signals import (activation_gradients, gradient_covariance, head_input_gradients, mean_signal,
                           observability)
 
 

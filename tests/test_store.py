@@ -1,4 +1,4 @@
-"""Run history in SQLite: concurrency, recovery, export, schema (resx/store.py)."""
+"""Run history in SQLite: concurrency, recovery, export, schema (resx/runs/store.py)."""
 import csv
 import hashlib
 import json
@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from resx.records import Record
-from resx.store import CSV_COLUMNS, SCHEMA_VERSION, RecordWriter, Store, default_home
+from resx.core.records import Record
+from resx.runs.store import CSV_COLUMNS, SCHEMA_VERSION, RecordWriter, Store, default_home
 
 
 def _records(n, phase="base"):

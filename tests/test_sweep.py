@@ -1,4 +1,4 @@
-"""Sweeps (resx.sweep): grid validation, resume after cancel, local = Ray, the CLI's CSV.
+"""Sweeps (resx.scale.sweep): grid validation, resume after cancel, local = Ray, the CLI's CSV.
 
 Tiny cells (mlp, n = 128, one epoch) so that a whole cell takes ~0.1 s once a worker is warm;
 the process pool and the Ray cluster are started once per module (Ray start-up is seconds).
@@ -12,9 +12,9 @@ import time
 import pytest
 
 from resx import cli
-from resx.config import ConfigError, RunConfig
-from resx.store import Store
-from resx.sweep import (CELL_COLUMNS, LocalExecutor, SweepSpec, add_sweep_parser, cell_key, run_cell,
+from resx.core.config import ConfigError, RunConfig
+from resx.runs.store import Store
+from resx.scale.sweep import (CELL_COLUMNS, LocalExecutor, SweepSpec, add_sweep_parser, cell_key, run_cell,
                         run_sweep)
 
 TINY = RunConfig(n=128, n_probe=128, n_test=128, n_pop=1024, epochs=1, finetune_epochs=1, width=8, depth=1,
@@ -39,7 +39,7 @@ def ray_executor():
         if os.environ.get("CI"):
             raise
         pytest.skip("Ray is not installed (pip install -r requirements-ray.txt); CI must have it")
-    from resx.sweep import RayExecutor
+    from resx.scale.sweep import RayExecutor
     executor = RayExecutor(num_cpus=2)
     yield executor
     executor.shutdown()

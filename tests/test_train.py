@@ -3,10 +3,10 @@ import threading
 
 import torch
 
-from resx.config import RunConfig
-from resx.data import load_data
-from resx.models import build_model
-from resx.train import Evaluator, draw_population, lr_at, train
+from resx.core.config import RunConfig
+from resx.core.data import load_data
+from resx.core.models import build_model
+from resx.core.train import Evaluator, draw_population, lr_at, train
 
 SMALL = RunConfig(n=256, n_probe=64, n_test=128, n_pop=1024, width=16, depth=2, position=1,
                   epochs=2, finetune_epochs=1, batch_size=64)

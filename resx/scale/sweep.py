@@ -32,10 +32,10 @@ from dataclasses import dataclass
 from collections.abc import Iterable
 from typing import Callable, Optional
 
-from .config import ConfigError, RunConfig
+from ..core.config import ConfigError, RunConfig, build_config
+from ..core.records import Record
+from ..runs.jobs import Cancelled
 from .executors import CellFn, Executor, LocalExecutor, RayExecutor  # noqa: F401 (re-exported)
-from .jobs import Cancelled
-from .records import Record
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def run_cell(config: dict, cancel=None) -> dict:
     Never raises for a failing run: an exception becomes status "failed" with its type and message.
     `cancel` is anything with is_set() (a threading or multiprocessing Event), checked every batch.
     """
-    from .pipeline import run_pipeline
+    from ..runs.pipeline import run_pipeline
     records: list[tuple] = []
     start = time.perf_counter()
     try:
@@ -274,8 +274,7 @@ def _int_list(flag: str, text: Optional[str]) -> Optional[list[int]]:
 
 def cmd_sweep(args) -> int:
     """Run a grid, each cell recorded in the store (resumable), and write a CSV of the cells."""
-    from .cli import build_config
-    from .store import Store
+    from ..runs.store import Store
 
     base = build_config(args.preset, args.config, args.set or [])
     spec = SweepSpec(base, _int_list("--depths", args.depths), _int_list("--widths", args.widths),

@@ -1,7 +1,7 @@
 """Pure figure functions for the paper's Figures 1-3, observability and Table 3 (theory.md 5, 9).
 
 Data in, plotly Figure out, as in `plots.py`: numbers arrive as plain dicts and lists (what
-`resx.figures` computes and `figures.json` stores), series go to plotly as float32 numpy arrays,
+`resx.scale.paper_data` computes and `figures.json` stores), series go to plotly as float32 numpy arrays,
 and nothing here trains, reads files or imports torch. Every data trace carries
 `meta={"kind": ..., ...}` so that pages and tests can find it without parsing names.
 """
@@ -385,7 +385,7 @@ def allocation_table_figure(rows: Sequence[dict], law: Optional[dict] = None, ti
                                  meta={"kind": "law"}), row=2, col=1)
     fig.update_xaxes(type="log", title_text="width d_model", tickformat=".2s", row=2, col=1)
     fig.update_yaxes(title_text="layers", row=2, col=1)
-    src = "GPT-3: Brown et al. 2020, Table 2.1; fit: Levine et al. 2020 (constants and their source in resx.allocation)"
+    src = "GPT-3: Brown et al. 2020, Table 2.1; fit: Levine et al. 2020 (constants and their source in resx.figures.allocation)"
     fig.update_layout(title=_title(title, src), height=900, legend=dict(orientation="h", y=-0.08),
                       **{**LAYOUT, "margin": dict(l=10, r=10, t=90, b=10)})
     return fig

@@ -9,7 +9,7 @@ from typing import Iterable
 import numpy as np
 import plotly.graph_objects as go
 
-from .records import Record
+from ..core.records import Record
 
 MAX_POINTS = 2000
 SPLIT_NAMES = {"S": "L_S (train)", "T": "L_T (test)", "pop": "L (population)", "P": "L_P (probe)"}

@@ -7,8 +7,10 @@ store, the URL and the command line.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 SYNTHETIC_DATASETS = ("teacher", "shapes")
@@ -119,12 +121,10 @@ class RunConfig:
         return self.dataset in SYNTHETIC_DATASETS
 
     @property
-    def num_classes(self) -> int:
-        """K, derived from the dataset (an .npz file: max label + 1, read from its `y`)."""
-        if self.dataset == "npz":
-            from .data import npz_num_classes
-            return npz_num_classes(self.npz_path)
-        return NUM_CLASSES[self.dataset]
+    def num_classes(self) -> int | None:
+        """K, derived from the dataset; None for an .npz file, whose K (max label + 1) is read with
+        its data (`TaskData.num_classes`), so that a config never reads files."""
+        return NUM_CLASSES.get(self.dataset)
 
     def replace(self, **changes) -> "RunConfig":
         return dataclasses.replace(self, **changes)
@@ -259,3 +259,26 @@ class OperatorCaps:
             value = getattr(cfg, name)
             _check_int(name, value, 1, self.max_n, f"at most {self.max_n} on this server")
         return cfg
+
+
+def build_config(preset: str | None, config_file: str | None, assignments: list[str]) -> RunConfig:
+    """A preset (default demo-mlp) or a JSON file, then `key=value` overrides, validated once: what
+    `python -m resx run|sweep|figures` take as --preset, --config and --set."""
+    if preset and config_file:
+        raise ConfigError("--config", config_file, "either --preset or --config, not both")
+    if config_file:
+        path = Path(config_file)
+        try:
+            base = json.loads(path.read_text())
+        except (OSError, ValueError) as e:  # JSONDecodeError, and ints past Python's digit limit
+            raise ConfigError("--config", config_file, f"a readable JSON file ({e})") from None
+        base = RunConfig.from_dict(base).to_dict()
+    else:
+        name = preset or DEFAULT_PRESET
+        if name not in PRESETS:
+            raise ConfigError("--preset", name, f"one of {sorted(PRESETS)}")
+        base = PRESETS[name].to_dict()
+    for text in assignments:
+        key, value = parse_assignment(text)
+        base[key] = value
+    return RunConfig.from_dict(base)

@@ -17,8 +17,8 @@ from typing import Callable, Optional, Protocol
 
 import torch  # before any worker starts (design.md "Engineering facts")
 
-from .config import ConfigError
-from .jobs import Cancelled, default_workers
+from ..core.config import ConfigError
+from ..runs.jobs import Cancelled, default_workers
 
 log = logging.getLogger(__name__)
 

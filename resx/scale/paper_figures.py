@@ -1,6 +1,6 @@
 """The paper's figures as files, and `python -m resx figures` (design.md "Pages" 2-4).
 
-`make_figures` computes every figure of `resx.figures` and writes interactive HTML (with one
+`make_figures` computes every figure of `resx.scale.paper_data` and writes interactive HTML (with one
 plotly.min.js beside it, so the folder works offline), static PNG through kaleido and the
 system Chromium, `table3.csv`, `cells.csv` and `figures.json` (every number shown, timings).
 """
@@ -23,10 +23,11 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from . import figure_plots as fp
-from .allocation import LEVINE_2020, table3, write_table3_csv
-from .config import TORCHVISION_DATASETS, ConfigError
-from .figures import (FigureError, Progress, FigureSettings, ModelBank, figure1_data, figure2_data, figure3_data, figure3_from_cells, observability_data)
+from ..core.config import TORCHVISION_DATASETS, ConfigError
+from ..figures import paper as fp
+from ..figures.allocation import LEVINE_2020, table3, write_table3_csv
+from ..figures.cells import figure3_from_cells
+from .paper_data import (FigureError, Progress, FigureSettings, ModelBank, figure1_data, figure2_data, figure3_data, observability_data)
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
-from .records import Record
+from ..core.records import Record
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """The data behind the paper's Figures 1-3, observability and Table 3, from small trained models
-(theory.md 5 and 9). `resx.figure_files` writes them and is `python -m resx figures`.
+(theory.md 5 and 9). `resx.scale.paper_figures` writes them and is `python -m resx figures`.
 
 Named steps, each a function of a `FigureSettings` and a `ModelBank` (trained base models, one
 per training configuration, shared between figures so that a model is trained once):
@@ -13,7 +13,7 @@ per training configuration, shared between figures so that a model is trained on
   jumpboard, fine-tune with control, routes), summarised by `cell_from_result`.
 - `figure3_from_cells`: aggregate any cell summaries (here, or a sweep's) into Figure 3 and the
   theory-vs-experiment map.
-- Table 3 comes from `resx.allocation`.
+- Table 3 comes from `resx.figures.allocation`.
 """
 from __future__ import annotations
 
@@ -28,13 +28,12 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from . import figure_plots as fp
-from .allocation import fit_allocation
-from .config import IMAGE_DATASETS, ConfigError, RunConfig
-from .data import TaskData, load_data
-from .models import build_model
-from .signals import activation_gradients, gradient_covariance, head_input_gradients, mean_signal, observability
-from .train import draw_population, resolve_device, risk, train
+from ..core.config import IMAGE_DATASETS, ConfigError, RunConfig
+from ..core.data import TaskData, load_data
+from ..core.models import build_model
+from ..core.train import draw_population, resolve_device, risk, train
+from ..figures.cells import cell_from_result
+from ..theory.signals import activation_gradients, gradient_covariance, head_input_gradients, mean_signal, observability
 
 log = logging.getLogger(__name__)
 
@@ -337,52 +336,6 @@ def observability_data(bank: ModelBank, settings: FigureSettings) -> list[dict]:
 # ---------------------------------------------------------------------------------------------
 # Figure 3: the depth x width grid
 
-CELL_KEYS = ("depth", "width", "n", "seed", "test_loss_old", "test_loss_new")
-
-
-def cell_from_result(result: dict) -> dict:
-    """A grid cell's summary from a `run_pipeline` result (theory.md 9), in the column names of
-    `resx.sweep.summarize` where the two overlap, so that Figure 3 draws either.
-
-    test_loss_* is figure 3's test loss: the population risk L_pop for synthetic tasks, L_T for
-    real data (`test_risk` names which; L_S_*, L_T_*, L_pop_* are all kept);
-    predicted_improvement = Delta_R + Delta_ERM (the gain before the generalization terms);
-    certified_improvement_A/B = L(f_old) - the route's bound (> 0 iff the route certifies a strict
-    improvement); inserted_* at the inserted position; best_kappa2_U_lcb over all positions.
-    """
-    cfg = result["config"]
-    cell = {"depth": cfg["depth"], "width": cfg["width"], "n": cfg["n"], "seed": cfg["seed"],
-            "dataset": cfg["dataset"], "arch": cfg["arch"], "position": cfg["position"],
-            "status": result.get("status"), "message": result.get("message")}
-    synthetic = (result.get("old") or {}).get("L_pop") is not None
-    cell["test_risk"] = "L_pop" if synthetic else "L_T"
-    for name in ("old", "new", "control"):
-        r = result.get(name) or {}
-        cell[f"test_loss_{name}"] = r.get(cell["test_risk"])
-        for risk_name in ("L_S", "L_T", "L_pop"):
-            cell[f"{risk_name}_{name}"] = r.get(risk_name)
-    terms, routes = result.get("terms"), result.get("routes")
-    if terms and routes:
-        L_old = routes["B"]["steps"][0][1]
-        cell.update(Delta_R=terms["Delta_R_used"], Delta_R_source=terms["Delta_R_source"],
-                    Delta_ERM=terms["Delta_ERM"], eps_M=terms["eps_M"], eps_K=terms["eps_K"],
-                    predicted_improvement=terms["Delta_R_used"] + terms["Delta_ERM"],
-                    route_A_bound=routes["A"]["bound"], route_B_bound=routes["B"]["bound"],
-                    certified_improvement_A=L_old - routes["A"]["bound"],
-                    certified_improvement_B=L_old - routes["B"]["bound"],
-                    route_A_verdict=routes["A"]["verdict"], route_B_verdict=routes["B"]["verdict"])
-    margins = [m for m in result.get("margins") or [] if m["kappa2_U_lcb"] == m["kappa2_U_lcb"]]  # drop NaN
-    at = [m for m in margins if m["position"] == cfg["position"]]
-    if at:
-        cell.update(inserted_observed=at[0]["observed"], inserted_kappa2_U=at[0]["kappa2_U"],
-                    inserted_kappa2_U_lcb=at[0]["kappa2_U_lcb"])
-    if margins:
-        best = max(margins, key=lambda m: m["kappa2_U_lcb"])
-        cell.update(best_position=best["position"], best_kappa2_U_lcb=best["kappa2_U_lcb"],
-                    best_observed=best["observed"], positions_observed=sum(bool(m["observed"]) for m in margins))
-    return cell
-
-
 def figure3_data(bank: ModelBank, settings: FigureSettings, runs_dir: Optional[Path] = None) -> list[dict]:
     """Cells of the grid fig3_depths x fig3_widths x fig3_seeds.
 
@@ -391,7 +344,7 @@ def figure3_data(bank: ModelBank, settings: FigureSettings, runs_dir: Optional[P
     (a temporary folder when runs_dir is None); the trained base model joins the bank. Without,
     each cell is a base model only (test_loss_new is None).
     """
-    from .pipeline import load_checkpoint, run_pipeline
+    from ..runs.pipeline import load_checkpoint, run_pipeline
 
     cells = []
     with tempfile.TemporaryDirectory(prefix="resx-fig3-") as tmp:
@@ -424,59 +377,3 @@ def figure3_data(bank: ModelBank, settings: FigureSettings, runs_dir: Optional[P
                         bank.put(cfg, load_checkpoint(out, "old", cfg, result["input_shape"], result["num_classes"])
                                  .to(resolve_device(cfg.device)))
     return cells
-
-
-def check_cells(cells: Sequence[dict]) -> list[dict]:
-    """Every cell has the keys depth, width, n, seed, test_loss_old, test_loss_new (values may be None
-    for the losses); raises ValueError naming the first cell and key that is missing."""
-    cells = list(cells)
-    if not cells:
-        raise ValueError("no cells: Figure 3 needs at least one cell with keys " + ", ".join(CELL_KEYS))
-    for i, c in enumerate(cells):
-        missing = [k for k in CELL_KEYS if k not in c]
-        if missing:
-            raise ValueError(f"cell {i} lacks {missing}; every cell needs keys {list(CELL_KEYS)}")
-    return cells
-
-
-def with_certified_improvement(cells: Sequence[dict]) -> list[dict]:
-    """Cells with `certified_improvement_B` (and _A) filled in from `route_B_bound` where a cell
-    has the bound but not the difference (a sweep's cells): L(f_old) - bound, with L(f_old) the
-    cell's test_loss_old (the routes' L(f_old): L_pop for synthetic tasks, L_T for real data)."""
-    out = []
-    for c in cells:
-        c = dict(c)
-        for route in ("A", "B"):
-            bound = c.get(f"route_{route}_bound")
-            if c.get(f"certified_improvement_{route}") is None and bound is not None and c.get("test_loss_old") is not None:
-                c[f"certified_improvement_{route}"] = float(c["test_loss_old"]) - float(bound)
-        out.append(c)
-    return out
-
-
-def figure3_from_cells(cells: Sequence[dict], n: Optional[int] = None) -> dict:
-    """Figure 3 from cell summaries: this module's grid (`cell_from_result`) or a sweep's
-    (`resx.sweep.summarize`).
-
-    `cells`: dicts with depth, width, n, seed, test_loss_old, test_loss_new (optional extra keys:
-    predicted_improvement, certified_improvement_B or route_B_bound, route_B_verdict, ...).
-    Returns {"summary": mean, sd and seed count per (depth, width, n), "scaling": the two-panel
-    figure, "theory": predicted against measured improvement (predicted_improvement where the
-    cells have it, else certified_improvement_B; a note in the figure when they have neither),
-    "predicted": which of the two, "allocation": the log law fitted to the cells' best depths
-    (None with fewer than two widths that have two depths each), "allocation_note"}.
-    """
-    cells = with_certified_improvement(check_cells(cells))
-    keys = ["test_loss_old", "test_loss_new", "test_loss_control", "predicted_improvement",
-            "certified_improvement_B"]
-    summary = fp.aggregate_cells(cells, keys)
-    predicted = ("predicted_improvement" if any(c.get("predicted_improvement") is not None for c in cells)
-                 else "certified_improvement_B")
-    out = {"summary": summary, "scaling": fp.fig3_scaling(cells, n=n),
-           "theory": fp.theory_vs_experiment(cells, predicted=predicted), "predicted": predicted,
-           "allocation": None, "allocation_note": None}
-    try:
-        out["allocation"] = fit_allocation(cells, n=n).to_dict()
-    except ValueError as e:
-        out["allocation_note"] = str(e)
-    return out

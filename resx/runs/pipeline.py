@@ -15,14 +15,14 @@ from typing import Optional
 
 import torch
 
-from .bounds import complexity, loss_bound, make_terms, tighter_route
-from .config import RunConfig
-from .data import Split, load_data
-from .jumpboard import jump_margins, jumpboard_path
-from .margins import descent_margins
-from .models import build_model, insert_block, new_block_parameter_names
-from .records import Record, RecordSink, discard
-from .train import Evaluator, draw_population, resolve_device, risk, train
+from ..core.config import RunConfig
+from ..core.data import Split, load_data
+from ..core.models import build_model, insert_block, new_block_parameter_names
+from ..core.records import Record, RecordSink, discard
+from ..core.train import Evaluator, draw_population, resolve_device, risk, train
+from ..theory.bounds import complexity, loss_bound, make_terms, tighter_route
+from ..theory.jumpboard import jump_margins, jumpboard_path
+from ..theory.margins import descent_margins
 
 log = logging.getLogger(__name__)
 

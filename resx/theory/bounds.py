@@ -22,7 +22,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
-from .models import MLP, ResNet
+from ..core.models import MLP, ResNet
 from .norms import describe, frobenius
 
 L_CE = math.sqrt(2.0)                   # ||grad_z l(z, y)|| = ||softmax(z) - e_y|| <= sqrt(2)

@@ -25,9 +25,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
-from .models import (LN_EPS, BasicBlock, PostLNBlock, candidate_block, check_positions, insert_block,
+from ..core.models import (LN_EPS, BasicBlock, PostLNBlock, candidate_block, check_positions, insert_block,
                      live_parameter_names)
-from .records import Record
+from ..core.records import Record
 
 CHUNK = 1024   # samples per forward/backward pass; bounds the memory of the activations kept
 STAT_DTYPE = torch.float64   # per-sample statistics are differences of near-equal sums: keep float64

@@ -26,13 +26,13 @@ from typing import Callable
 
 import torch  # imported before any worker starts: a first import inside a thread can race
 
-from .config import RunConfig
-from .records import Record, RecordSink
+from ..core.config import RunConfig
+from ..core.records import Record, RecordSink
 from .store import RecordWriter, Store, utc_now
 
 log = logging.getLogger(__name__)
 
-# runner(config, sink, cancel, out_dir) -> result; resx.pipeline.run_pipeline fits as it is.
+# runner(config, sink, cancel, out_dir) -> result; resx.runs.pipeline.run_pipeline fits as it is.
 # It stops by raising Cancelled or by returning (then {"status": "cancelled"} or anything) once
 # `cancel` is set; a result with "status": "diverged" (and a "message") ends the run diverged.
 Runner = Callable[[RunConfig, RecordSink, threading.Event, Path], dict]

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .models import check_positions
+from ..core.models import check_positions
 
 
 def activation_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024, *,

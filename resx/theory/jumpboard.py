@@ -17,9 +17,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..core.models import BasicBlock
+from ..core.train import per_sample_losses, risk
 from .margins import normalised_branch
-from .models import BasicBlock
-from .train import per_sample_losses, risk
 
 GRID_POINTS = 16           # log-spaced step sizes, plus eta = 0 as the reference
 GRID_RANGE = (1e-3, 1e1)   # in units of `step_scale`: from "no visible change" to "past any Taylor regime"

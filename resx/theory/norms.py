@@ -4,7 +4,7 @@
 Lipschitz factor and, per weight layer (convolutions unrolled with their BatchNorm folded in,
 biases by augmentation), its spectral and Frobenius norms, its (2,1) distance to the reference,
 and the Frobenius norm of its input over S. Everything is float64 and measured on S; GRS, BFT and
-the Lipschitz product in `resx.bounds` are read off this one description.
+the Lipschitz product in `resx.theory.bounds` are read off this one description.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .models import LN_EPS, MLP, BasicBlock, PostLNBlock, ResNet
+from ..core.models import LN_EPS, MLP, BasicBlock, PostLNBlock, ResNet
 
 
 @dataclass
