@@ -5,13 +5,22 @@ from __future__ import annotations
 import atexit
 import os
 
+# Every module a script thread can touch, imported once here, on the first script run, before
+# two sessions' threads can race to import one: two threads importing pandas through plotly at
+# once raised "partially initialized module 'pandas' has no attribute 'Series'" (issue 10).
+import numpy  # noqa: F401
+import pandas  # noqa: F401
+import plotly.graph_objects  # noqa: F401
+import plotly.io  # noqa: F401
 import streamlit as st
 
 import resx  # noqa: F401  (torch is imported on the main thread before any worker starts)
+import resx.core.data  # noqa: F401
+import resx.figures.live  # noqa: F401
 from resx.core.config import OperatorCaps
-from resx.runs.jobs import JobManager, TaskRunner
-from resx.runs.pipeline import run_pipeline
+from resx.runs.jobs import JobManager, TaskRunner, default_workers
 from resx.runs.store import Store
+from resx.runs.workers import WorkerPool
 
 
 def operator_setting(name: str) -> str | None:
@@ -37,7 +46,11 @@ def get_manager() -> JobManager:
         os.environ["RESX_DATA_DIR"] = data_dir  # resx.core.data reads the environment
     store = Store()
     store.recover_interrupted()
-    manager = JobManager(store, run_pipeline)
+    # the pipeline runs in worker processes (resx/runs/workers.py): no page can stall it. Each
+    # process gets cores // processes torch threads; the server process itself needs one.
+    processes = default_workers()
+    pool = WorkerPool(processes, torch_threads=max(1, (os.cpu_count() or 1) // processes))
+    manager = JobManager(store, pool, workers=processes, torch_threads=1)
     MANAGERS.append(manager)
     atexit.register(manager.shutdown, wait=True, timeout=5)
     return manager
