@@ -38,9 +38,30 @@ MANAGERS: list[JobManager] = []  # every manager this process made, so tests and
 TASK_RUNNERS: list[TaskRunner] = []
 
 
-@st.cache_resource
+def leave_pages_fallback() -> None:
+    """Rerun a script run that Streamlit made through its automatic `pages/` navigation.
+
+    Streamlit 1.67 decides per process: until some script run calls `st.navigation`, every run
+    goes through its multipage "v1" fallback, which runs the page file straight from `pages/`
+    without app.py and shows the lowercase file names as the menu. So when the first session
+    after a start opens `/lab?...` (a shared link, a class), app.py never ran, and every session
+    kept the fallback menu (issue 10). Turning the flag off and rerunning makes this and every
+    later run go through app.py (private API: `PagesManager.uses_pages_directory`).
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
 def get_manager() -> JobManager:
     """One job manager and store per server process (design.md "Runs, jobs and the store")."""
+    leave_pages_fallback()
+    return _manager()
+
+
+@st.cache_resource
+def _manager() -> JobManager:
     data_dir = operator_setting("RESX_DATA_DIR")
     if data_dir:
         os.environ["RESX_DATA_DIR"] = data_dir  # resx.core.data reads the environment

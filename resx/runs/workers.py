@@ -24,9 +24,11 @@ import logging
 import multiprocessing as mp
 import os
 import queue
+import sys
 import threading
 import time
 import traceback
+import types
 from pathlib import Path
 
 from ..core.config import RunConfig
@@ -36,6 +38,24 @@ log = logging.getLogger(__name__)
 
 POLL_S = 0.1          # how often the manager's thread looks at the cancel Event and the process
 _CTX = mp.get_context("spawn")
+_start_lock = threading.Lock()
+_BARE_MAIN = types.ModuleType("__main__")  # no __file__, no __spec__: spawn imports no main module
+
+
+def _start(process) -> None:
+    """Start a spawned process without making it re-import the parent's `__main__`.
+
+    Under `streamlit run`, `__main__` is the app script: spawn would run app.py again in every
+    worker (which would build a job manager of its own there). A worker needs nothing from it.
+    """
+    with _start_lock:
+        main = sys.modules.get("__main__")
+        sys.modules["__main__"] = _BARE_MAIN
+        try:
+            process.start()
+        finally:
+            if main is not None:
+                sys.modules["__main__"] = main
 
 
 class WorkerDied(RuntimeError):
@@ -90,7 +110,7 @@ class _Worker:
         self.process = _CTX.Process(target=_worker_main, name="resx-worker",
                                     args=(self.tasks, self.replies, self.cancel, torch_threads, os.getpid()),
                                     daemon=True)
-        self.process.start()
+        _start(self.process)
         self.ready = False
 
     def alive(self) -> bool:
