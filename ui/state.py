@@ -46,12 +46,17 @@ def leave_pages_fallback() -> None:
     without app.py and shows the lowercase file names as the menu. So when the first session
     after a start opens `/lab?...` (a shared link, a class), app.py never ran, and every session
     kept the fallback menu (issue 10). Turning the flag off and rerunning makes this and every
-    later run go through app.py (private API: `PagesManager.uses_pages_directory`).
+    later run go through app.py (private API: `PagesManager.uses_pages_directory`). Only a
+    session's first run is rerun: it carries no click that a rerun would drop (AppTest resets
+    the flag before every run, so its later runs must go on as they are).
     """
     from streamlit.runtime.pages_manager import PagesManager
+    first = "_resx_started" not in st.session_state
+    st.session_state["_resx_started"] = True
     if PagesManager.uses_pages_directory:
         PagesManager.uses_pages_directory = False
-        st.rerun()
+        if first:
+            st.rerun()
 
 
 def get_manager() -> JobManager:

@@ -76,6 +76,9 @@ def _worker_main(tasks, replies, cancel, torch_threads: int, parent: int) -> Non
     import torch
     torch.set_num_threads(torch_threads)
     from .pipeline import run_pipeline
+    # The first optimizer of a process imports torch._dynamo (seconds); pay it here, once, not in
+    # the first job's base training.
+    torch.optim.AdamW([torch.zeros(1, requires_grad=True)])
 
     replies.put(("ready", os.getpid()))
     while True:
