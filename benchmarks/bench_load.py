@@ -72,14 +72,15 @@ def scenario(name: str, sessions: int, probe: bool = True) -> dict:
         shutil.rmtree(server.home, ignore_errors=True)
 
 
-def cli_seconds() -> float:
-    """Wall time of `python -m resx run --preset demo-mlp --no-store` in a fresh process."""
+def cli_seconds(threads: int | None = None) -> float:
+    """Wall time of `python -m resx run --preset demo-mlp --no-store` in a fresh process; with
+    `threads`, OMP_NUM_THREADS pins torch's intra-op threads (the CLI itself leaves torch's default)."""
     home = tempfile.mkdtemp(prefix="resx-bench-cli-")
+    env = {**os.environ, "RESX_HOME": home, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     try:
         t0 = time.monotonic()
         subprocess.run([sys.executable, "-m", "resx", "run", "--preset", "demo-mlp", "--no-store",
-                        "--out", str(Path(home) / "out")], cwd=ROOT, check=True, capture_output=True,
-                       env={**os.environ, "RESX_HOME": home})
+                        "--out", str(Path(home) / "out")], cwd=ROOT, check=True, capture_output=True, env=env)
         return time.monotonic() - t0
     finally:
         shutil.rmtree(home, ignore_errors=True)
@@ -97,9 +98,13 @@ def main(argv=None) -> int:
             app = scenario("single", 1, probe=False)
             load = os.getloadavg()
             cli = cli_seconds()
+            cli1 = cli_seconds(threads=1)
             fig = {"scenario": "single", "app_run_to_done_s": app["last_done_s"], "cli_wall_s": round(cli, 1),
+                   "cli_wall_1thread_s": round(cli1, 1),
                    "ratio_app_over_cli": round(app["last_done_s"] / cli, 2) if app["last_done_s"] else None,
-                   "loadavg_app": app["loadavg_before"], "loadavg_cli": [round(x, 2) for x in load]}
+                   "ratio_app_over_cli_1thread": round(app["last_done_s"] / cli1, 2) if app["last_done_s"] else None,
+                   "loadavg_app": app["loadavg_before"], "loadavg_cli": [round(x, 2) for x in load],
+                   "loadavg_after": [round(x, 2) for x in os.getloadavg()]}
         else:
             fig = scenario(name, args.sessions)
         print(json.dumps(fig), flush=True)
