@@ -28,7 +28,7 @@ manager = ui.get_manager()
 with st.sidebar:
     st.caption("Jobs on this server")
 
-    @st.fragment(run_every=2.0)
+    @st.fragment(run_every=5.0)
     def job_count():
         st.write(f"{len(manager.active())} running or queued, {manager.workers} at a time")
 

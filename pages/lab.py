@@ -4,6 +4,9 @@ import streamlit as st
 import ui
 from resx.core.config import RunConfig
 from resx.figures import live as plots
+from ui.shared_figures import shared_figure, snapshot_version
+
+POLL_S = {"queued": 3.0, "running": 1.5}  # seconds between live redraws; a finished run: none
 
 st.title("Lab")
 st.caption("Train a post-normalized residual network, measure the descent margin at every insertion "
@@ -15,16 +18,22 @@ linked = st.query_params.get("run")
 if linked and set(st.query_params) <= {"run", "preset"} and (snap := manager.snapshot(linked)):
     shown = RunConfig.from_dict(snap.config)  # a shared ?run= link shows that run's configuration
 cfg, preset, run_pressed = ui.config_form(shown, npz_path=ui.upload_panel())
+again = st.session_state.pop("run_again", None)  # the "Run again" button of a run served from the cache
+if again is not None:
+    cfg, preset, run_pressed = RunConfig.from_dict(again), st.query_params.get("preset", preset), True
 if run_pressed and cfg is not None:
     mine = [r for r in st.session_state.setdefault("my_runs", []) if (s := manager.snapshot(r)) and s.is_active]
     if len(mine) >= ui.caps().max_running_per_session:
         st.error(f"You already have {len(mine)} runs going; this server allows "
                  f"{ui.caps().max_running_per_session} per session. Stop one or wait.")
     else:
-        run_id = manager.submit(cfg, source="app")
-        st.session_state["my_runs"].append(run_id)
+        req = manager.request(cfg, source="app", reuse=again is None)
+        served = st.session_state.setdefault("served_from_cache", set())
+        (served.add if req.cached else served.discard)(req.run_id)
+        if not req.cached:
+            st.session_state["my_runs"].append(req.run_id)
         ui.config_to_url(cfg, preset)
-        st.query_params["run"] = run_id
+        st.query_params["run"] = req.run_id
 
 run_id = st.query_params.get("run")
 if not run_id:
@@ -37,25 +46,37 @@ if first is None:
     st.stop()
 
 
-@st.fragment(run_every=1.0 if first.is_active else None)
+if run_id in st.session_state.get("served_from_cache", ()):
+    note, again_col = st.columns([5, 1])
+    note.info(f"Same configuration, seed and code as run `{run_id}` ({first.status}), so this is that run: "
+              f"{'watching it' if first.is_active else 'its stored result'}, computed once for everyone who asks.")
+    if again_col.button("Run again", key="run_again_button", help="compute it anew, as a run of your own"):
+        st.session_state["run_again"] = first.config
+        st.rerun()
+
+
+@st.fragment(run_every=POLL_S.get(first.status))
 def live():
     snap = manager.snapshot(run_id) if first.is_active else first  # a finished run is read once
-    if first.is_active and not snap.is_active:
-        st.rerun()  # the job ended: one full rerun redraws the page without polling
+    if snap.status != first.status:
+        st.rerun()  # queued -> running -> finished: a full rerun sets the new polling cadence
     result = snap.result or {}
+    version = snapshot_version(snap)
     head, stop = st.columns([5, 1])
     if snap.status == "queued":
-        head.info(f"Run `{run_id}` is queued: position {snap.queue_position}.")
+        head.info(f"Run `{run_id}` is queued: position {snap.queue_position} of {len(manager.active())} "
+                  f"on this server ({manager.workers} run at a time). This page checks every few seconds.")
     elif snap.is_active:
         head.progress(snap.progress or 0.0, text=f"Run `{run_id}`: {ui.PHASE_LABELS.get(snap.phase, snap.phase or 'starting')}")
     else:
         ui.status_banner(head, snap)
-    if snap.is_active and stop.button("Stop run", key="stop", help="cancels the training job; the records so far are kept"):
+    if snap.is_active and run_id in st.session_state.get("my_runs", ()) and stop.button("Stop run", key="stop", help="cancels the training job; the records so far are kept"):
         manager.cancel(run_id)
 
     st.subheader("Training curves")
     if any(r.name == "loss" for r in snap.records):
-        st.plotly_chart(plots.training_curves(snap.records), key="curves")
+        st.plotly_chart(shared_figure(run_id, version, "curves", lambda: plots.training_curves(snap.records)),
+                        key="curves")
     else:
         st.caption("The first point appears when the first evaluation ends.")
     st.caption("L_S on the training sample, L_T on the test sample, L on a fresh population sample "
@@ -65,7 +86,8 @@ def live():
     with left:
         st.subheader("Descent margins")
         if any(r.phase == "margins" for r in snap.records):
-            st.plotly_chart(plots.margin_heatmap(snap.records), key="heatmap")
+            st.plotly_chart(shared_figure(run_id, version, "heatmap", lambda: plots.margin_heatmap(snap.records)),
+                            key="heatmap")
         else:
             st.caption("Measured every few epochs during base training; the first map appears after the first epoch.")
         ui.margin_panel(result, snap.config)
@@ -74,7 +96,8 @@ def live():
         ui.preservation_badge(result, snap.records)
         st.subheader("Jumpboard line search")
         if "jumpboard" in result:
-            st.plotly_chart(plots.jumpboard_curve(result["jumpboard"]), key="jumpboard")
+            st.plotly_chart(shared_figure(run_id, version, "jumpboard", lambda: plots.jumpboard_curve(result["jumpboard"])),
+                            key="jumpboard")
             st.caption("Direction and step chosen on the probe sample P only. " + ui.theory_link("6-jumpboard"))
         else:
             st.caption("Appears when the run reaches the jumpboard step.")

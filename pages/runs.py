@@ -17,13 +17,21 @@ if not runs:
     st.info("No runs yet. Start one on the Lab page or with `python -m resx run`.")
     st.stop()
 
+hits = store.cache_hits(r["id"] for r in runs)  # requests an identical earlier run served (resx/runs/cache.py)
 table = pd.DataFrame([{
-    "id": r["id"], "status": r["status"], "source": r["source"], "dataset": r["config"].get("dataset"),
+    "id": r["id"], "status": r["status"], "source": r["source"], "served from cache": hits.get(r["id"], 0),
+    "dataset": r["config"].get("dataset"),
     "arch": r["config"].get("arch"), "depth": r["config"].get("depth"), "width": r["config"].get("width"),
     "position": r["config"].get("position"), "created": pd.to_datetime(r["created"]),
 } for r in runs])
 picked = st.dataframe(table, hide_index=True, on_select="rerun", selection_mode="multi-row", key="runs_table",
-                      column_config={"created": st.column_config.DatetimeColumn("created", format="YYYY-MM-DD HH:mm:ss")})
+                      column_config={"created": st.column_config.DatetimeColumn("created", format="YYYY-MM-DD HH:mm:ss"),
+                                     "served from cache": st.column_config.NumberColumn(
+                                         "served from cache", help="requests with the same configuration, seed and "
+                                         "code answered by this run instead of a new computation")})
+if hits:
+    st.caption(f"{sum(hits.values())} request(s) were served from the cache by {len(hits)} run(s): the same "
+               "configuration, seed and code version, computed once.")
 ids = [table.iloc[i]["id"] for i in picked.selection.rows]
 if not ids:
     st.caption("Select one or more rows to compare, export or delete.")

@@ -5,13 +5,22 @@ from __future__ import annotations
 import atexit
 import os
 
+# Every module a script thread can touch, imported once here, on the first script run, before
+# two sessions' threads can race to import one: two threads importing pandas through plotly at
+# once raised "partially initialized module 'pandas' has no attribute 'Series'" (issue 10).
+import numpy  # noqa: F401
+import pandas  # noqa: F401
+import plotly.graph_objects  # noqa: F401
+import plotly.io  # noqa: F401
 import streamlit as st
 
 import resx  # noqa: F401  (torch is imported on the main thread before any worker starts)
+import resx.core.data  # noqa: F401
+import resx.figures.live  # noqa: F401
 from resx.core.config import OperatorCaps
-from resx.runs.jobs import JobManager, TaskRunner
-from resx.runs.pipeline import run_pipeline
+from resx.runs.jobs import JobManager, TaskRunner, default_workers
 from resx.runs.store import Store
+from resx.runs.workers import WorkerPool
 
 
 def operator_setting(name: str) -> str | None:
@@ -29,15 +38,45 @@ MANAGERS: list[JobManager] = []  # every manager this process made, so tests and
 TASK_RUNNERS: list[TaskRunner] = []
 
 
-@st.cache_resource
+def leave_pages_fallback() -> None:
+    """Rerun a script run that Streamlit made through its automatic `pages/` navigation.
+
+    Streamlit 1.67 decides per process: until some script run calls `st.navigation`, every run
+    goes through its multipage "v1" fallback, which runs the page file straight from `pages/`
+    without app.py and shows the lowercase file names as the menu. So when the first session
+    after a start opens `/lab?...` (a shared link, a class), app.py never ran, and every session
+    kept the fallback menu (issue 10). Turning the flag off and rerunning makes this and every
+    later run go through app.py (private API: `PagesManager.uses_pages_directory`). Only a
+    session's first run is rerun: it carries no click that a rerun would drop (AppTest resets
+    the flag before every run, so its later runs must go on as they are).
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+    first = "_resx_started" not in st.session_state
+    st.session_state["_resx_started"] = True
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        if first:
+            st.rerun()
+
+
 def get_manager() -> JobManager:
     """One job manager and store per server process (design.md "Runs, jobs and the store")."""
+    leave_pages_fallback()
+    return _manager()
+
+
+@st.cache_resource
+def _manager() -> JobManager:
     data_dir = operator_setting("RESX_DATA_DIR")
     if data_dir:
         os.environ["RESX_DATA_DIR"] = data_dir  # resx.core.data reads the environment
     store = Store()
     store.recover_interrupted()
-    manager = JobManager(store, run_pipeline)
+    # the pipeline runs in worker processes (resx/runs/workers.py): no page can stall it. Each
+    # process gets cores // processes torch threads; the server process itself needs one.
+    processes = default_workers()
+    pool = WorkerPool(processes, torch_threads=max(1, (os.cpu_count() or 1) // processes))
+    manager = JobManager(store, pool, workers=processes, torch_threads=1)
     MANAGERS.append(manager)
     atexit.register(manager.shutdown, wait=True, timeout=5)
     return manager

@@ -9,6 +9,14 @@ Threads: jobs x torch threads <= cores (design.md "Engineering facts"); torch's 
 set once per process, by the first manager. `RESX_MAX_JOBS` caps the number of workers (an
 operator's cap: a shared server may lower it, never raise it past the cores).
 
+Identical requests share one computation (cache.py): `request()` looks for a queued, running or
+done run with the same content address (configuration, seed, code version) and, when there is
+one, returns it instead of a new run, and notes the hit in the store. `submit()` always computes.
+
+The runner may be a `workers.WorkerPool` (the app's: the pipeline in worker processes) or a
+plain function run in the manager's thread (tests, benchmarks); either way the manager's threads
+feed and supervise it, and `shutdown` closes a runner that has a `close()`.
+
 Statuses a job ends in: "done"; "diverged" (the runner returned {"status": "diverged", ...});
 "cancelled" (cancel() was called); "failed" (the runner raised; the message names the exception
 type); "interrupted" (the manager shut down while the job was queued or running).
@@ -28,6 +36,7 @@ import torch  # imported before any worker starts: a first import inside a threa
 
 from ..core.config import RunConfig
 from ..core.records import Record, RecordSink
+from .cache import run_key
 from .store import RecordWriter, Store, utc_now
 
 log = logging.getLogger(__name__)
@@ -103,6 +112,18 @@ def _set_torch_threads(n: int) -> int:
         return _torch_threads
 
 
+@dataclass(frozen=True)
+class Request:
+    """What `JobManager.request` did: `run_id` is the run to show; `same_as` is set (to that id)
+    when an existing identical run served the request instead of a new computation."""
+    run_id: str
+    same_as: str | None = None
+
+    @property
+    def cached(self) -> bool:
+        return self.same_as is not None
+
+
 class _Job:
     def __init__(self, run_id: str, config: RunConfig, created: str):
         self.run_id, self.config, self.created = run_id, config, created
@@ -155,19 +176,35 @@ class JobManager:
         self._queue: collections.deque[str] = collections.deque()
         self._jobs: dict[str, _Job] = {}     # submission order; finished ones trimmed
         self._closing = False
+        self._request_lock = threading.Lock()  # look-up then submit, atomically: one run per key
         self._threads = [threading.Thread(target=self._work, name=f"resx-worker-{i}", daemon=True)
                          for i in range(workers)]
         for t in self._threads:
             t.start()
 
     # -- public ------------------------------------------------------------------------------
-    def submit(self, config: RunConfig, source: str = "app", name: str = "") -> str:
-        """Create the run in the store, queue it (FIFO) and return its id."""
+    def request(self, config: RunConfig, source: str = "app", reuse: bool = True) -> Request:
+        """A run for `config`: an identical queued, running or done one when `reuse` (noted as a
+        cache hit), else a new one (`submit`). reuse=False is the page's "run again"."""
+        if isinstance(config, dict):
+            config = RunConfig.from_dict(config)
+        key = run_key(config.to_dict())
+        with self._request_lock:
+            if reuse:
+                same = self.store.find_reusable(key)
+                if same is not None:
+                    self.store.add_cache_hit(same, source)
+                    return Request(same, same_as=same)
+            return Request(self.submit(config, source=source, _key=key))
+
+    def submit(self, config: RunConfig, source: str = "app", name: str = "", _key: str | None = None) -> str:
+        """Create the run in the store, queue it (FIFO) and return its id (always a new computation)."""
         if isinstance(config, dict):
             config = RunConfig.from_dict(config)
         if self._closing:
             raise RuntimeError("the job manager is shut down; no new jobs")
-        run_id = self.store.create_run(config.to_dict(), source=source, name=name)
+        run_id = self.store.create_run(config.to_dict(), source=source, name=name,
+                                       cache_key=_key or run_key(config.to_dict()))
         run = self.store.get_run(run_id)
         with self._cond:
             if self._closing:  # shut down while we were writing the row
@@ -258,6 +295,9 @@ class JobManager:
         alive = [t.name for t in self._threads if t.is_alive()]
         if alive:
             log.warning("worker thread(s) %s did not stop within %g s", alive, timeout)
+        close = getattr(self.runner, "close", None)
+        if close is not None:  # a WorkerPool: stop its processes
+            close()
         return not alive
 
     # -- workers -----------------------------------------------------------------------------

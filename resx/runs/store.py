@@ -3,7 +3,8 @@
 One database file, `<home>/resx.db`, in WAL mode so that readers (the app's pages, a second
 process, the command line) never wait for the writer. Tables: `meta` (schema version), `runs`
 (one row per run: status, config and result as JSON), `metrics` (records in long format) and
-`artifacts` (files a run wrote, with their sha256). Timestamps are ISO-8601 UTC strings.
+`artifacts` (files a run wrote, with their sha256) and, since version 2, `cache_hits` (a request
+served by an existing identical run, cache.py) with `runs.cache_key`. Timestamps are ISO-8601 UTC strings.
 
 Threads: every thread gets its own connection (closed when the thread ends or on `close()`);
 writes within one process are serialised by a lock and run in `BEGIN IMMEDIATE` transactions, so
@@ -35,7 +36,7 @@ from ..core.records import Record
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STATUSES = ("queued", "running", "done", "failed", "cancelled", "diverged", "interrupted")
 ACTIVE_STATUSES = ("queued", "running")
 FINISHED_STATUSES = ("done", "failed", "cancelled", "diverged", "interrupted")
@@ -58,8 +59,16 @@ CREATE TABLE artifacts (
     sha256 TEXT NOT NULL, size INTEGER NOT NULL, created TEXT NOT NULL,
     PRIMARY KEY (run_id, name));
 """
+# version 2: the content address of a run (resx.runs.cache.run_key) and the requests it served
+_V2 = """
+ALTER TABLE runs ADD COLUMN cache_key TEXT;
+CREATE INDEX runs_cache_key ON runs(cache_key);
+CREATE TABLE cache_hits (
+    run_id TEXT NOT NULL REFERENCES runs(id), source TEXT NOT NULL, created TEXT NOT NULL);
+CREATE INDEX cache_hits_run ON cache_hits(run_id);
+"""
 # Migration k takes the schema from version k-1 to k; append, never edit a released one.
-MIGRATIONS: dict[int, str] = {1: _V1}
+MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2}
 
 # Tokens of the Store objects open in this process; a run owned by this pid under a token not
 # in here was left behind by a Store that has been closed.
@@ -187,17 +196,19 @@ class Store:
         self.close()
 
     # -- runs --------------------------------------------------------------------------------
-    def create_run(self, config: dict, source: str = "cli", name: str = "") -> str:
-        """A new run in status "queued"; returns its id, e.g. "20261129-003412-ab12cd" (UTC)."""
+    def create_run(self, config: dict, source: str = "cli", name: str = "", cache_key: str | None = None) -> str:
+        """A new run in status "queued"; returns its id, e.g. "20261129-003412-ab12cd" (UTC).
+        `cache_key`: its content address (resx.runs.cache.run_key), for `find_reusable`."""
         config_json = _dumps(config)
         now = datetime.now(timezone.utc)
         for _ in range(10):
             run_id = f"{now:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}"
             try:
                 self._write(lambda c: c.execute(
-                    "INSERT INTO runs (id, status, config, source, name, owner, created) "
-                    "VALUES (?, 'queued', ?, ?, ?, ?, ?)",
-                    (run_id, config_json, source, name, self.owner, now.isoformat(timespec="microseconds"))))
+                    "INSERT INTO runs (id, status, config, source, name, owner, created, cache_key) "
+                    "VALUES (?, 'queued', ?, ?, ?, ?, ?, ?)",
+                    (run_id, config_json, source, name, self.owner, now.isoformat(timespec="microseconds"),
+                     cache_key)))
                 return run_id
             except sqlite3.IntegrityError:
                 continue
@@ -246,9 +257,36 @@ class Store:
         """Remove the run and its metric and artifact rows (files stay); False if it was absent."""
         def delete(c):
             c.execute("DELETE FROM metrics WHERE run_id = ?", (run_id,))
+            c.execute("DELETE FROM cache_hits WHERE run_id = ?", (run_id,))
             c.execute("DELETE FROM artifacts WHERE run_id = ?", (run_id,))
             return c.execute("DELETE FROM runs WHERE id = ?", (run_id,)).rowcount > 0
         return self._write(delete)
+
+    # -- the result cache (resx/runs/cache.py) -------------------------------------------------
+    def find_reusable(self, cache_key: str, statuses: Iterable[str] = ("queued", "running", "done")) -> str | None:
+        """The newest run with this content address in one of `statuses` (done ones first), or None."""
+        statuses = tuple(statuses)
+        marks = ", ".join("?" * len(statuses))
+        rows = self._query(f"SELECT id FROM runs WHERE cache_key = ? AND status IN ({marks}) "
+                           f"ORDER BY status = 'done' DESC, created DESC LIMIT 1", (cache_key, *statuses))
+        return rows[0][0] if rows else None
+
+    def cache_key(self, run_id: str) -> str | None:
+        rows = self._query("SELECT cache_key FROM runs WHERE id = ?", (run_id,))
+        return rows[0][0] if rows else None
+
+    def add_cache_hit(self, run_id: str, source: str = "app") -> None:
+        """Note that a request was served by the existing run `run_id` instead of a new computation."""
+        def insert(c):
+            self._require(c, run_id)
+            c.execute("INSERT INTO cache_hits VALUES (?, ?, ?)", (run_id, source, utc_now()))
+        self._write(insert)
+
+    def cache_hits(self, run_ids: Iterable[str] | None = None) -> dict[str, int]:
+        """{run id: requests it served from the cache} for the runs that served any."""
+        rows = self._query("SELECT run_id, COUNT(*) FROM cache_hits GROUP BY run_id")
+        wanted = None if run_ids is None else set(run_ids)
+        return {r: n for r, n in rows if wanted is None or r in wanted}
 
     def recover_interrupted(self) -> int:
         """Runs left "running" or "queued" by a process (or Store) that is gone become "interrupted"."""

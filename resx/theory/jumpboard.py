@@ -22,6 +22,7 @@ from ..core.train import per_sample_losses, risk
 from .margins import normalised_branch
 
 GRID_POINTS = 16           # log-spaced step sizes, plus eta = 0 as the reference
+CURVE_POP = 16_384   # population points behind the drawn curve's L_pop (the whole sample at eta*)
 GRID_RANGE = (1e-3, 1e1)   # in units of `step_scale`: from "no visible change" to "past any Taylor regime"
 MIN_FIT_POINTS = 4         # the quadratic fit uses at least the 4 smallest steps
 
@@ -152,7 +153,8 @@ def finite_difference_check(f_new: nn.Module, position: int, x, y, t_values=(1e-
 class JumpboardResult:
     """The line search along d and the jumpboard f_J at eta* (theory.md 6).
 
-    curve: one dict per eta with L_S, L_P, L_T, L_pop, L_pop_se (None without a population),
+    curve: one dict per eta with L_S, L_P, L_T, L_pop, L_pop_se (None without a population; on the
+    first CURVE_POP points of the population sample, while L_pop at eta* uses all of it),
     first_order = L_P(phi0) + eta D_P(d) (D_P the one-sided derivative on P: -||G_P|| for mlp,
     -||G_P|| plus the ReLU-kink term for resnet, see margins.one_sided_slope),
     quadratic = a + b eta + c eta^2 fitted to L_P on the small-eta part (eta <= max(eta*, 4th
@@ -230,12 +232,16 @@ def jumpboard_path(f_new: nn.Module, position: int, S, P, T, population=None, et
 
     work = copy.deepcopy(f_new)
     curve = []
+    # The curve's L_pop is drawn, not used: a fixed slice of the population (with its se) is
+    # enough for it; the full population is evaluated only at eta*, whose numbers are shown.
+    pop_curve = (None if population is None or len(population.y) <= CURVE_POP
+                 else type(population)(population.x[:CURVE_POP], population.y[:CURVE_POP]))
     for eta in etas:
         set_live_(work, position, phi0, direction, eta)
         row = {"eta": eta, "L_S": risk(work, S).loss, "L_P": risk(work, P2).loss, "L_T": risk(work, T).loss,
                "L_pop": None, "L_pop_se": None}
         if population is not None:
-            r = risk(work, population)
+            r = risk(work, pop_curve if pop_curve is not None else population)
             row["L_pop"], row["L_pop_se"] = r.loss, r.stderr
         curve.append(row)
 
@@ -248,7 +254,10 @@ def jumpboard_path(f_new: nn.Module, position: int, S, P, T, population=None, et
         row["quadratic"] = a + b * row["eta"] + c * row["eta"] ** 2
 
     set_live_(work, position, phi0, direction, eta_star)
-    at = curve[best]
+    at = dict(curve[best])
+    if pop_curve is not None:  # the chosen point on the whole population sample
+        r = risk(work, population)
+        at["L_pop"], at["L_pop_se"] = r.loss, r.stderr
     return JumpboardResult(eta=eta_star, position=position, direction=direction, curve=curve, model=work,
                            L_S=at["L_S"], L_P=at["L_P"], L_T=at["L_T"], L_pop=at["L_pop"],
                            L_pop_se=at["L_pop_se"], kappa_P=kappa, slope_P=slope, step_scale=scale,

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# GPU check (issue 10, item 5): cifar10-resnet8 on small CIFAR-10-format data, on CUDA through the
+# CLI and through a job (the app's path: JobManager + a worker process), against the same run on
+# the CPU. Prints the timings and each compared number; exits 1 if a check fails, 2 without CUDA.
+#
+#   bash benchmarks/gpu_check.sh            (from the repository root; ~1-3 minutes on one GPU)
+#   RESX_GPU_CHECK_DEVICE=cpu bash benchmarks/gpu_check.sh   (a dry run of the plumbing, CPU only)
+#
+# Tolerances (stated, not tuned): CUDA and CPU kernels sum in different orders and cuDNN picks
+# its own algorithms, so a few epochs of SGD drift apart a little:
+#   - function preservation: max |logit difference| at insertion <= 1e-4 on every device (exact
+#     by construction up to float32 rounding);
+#   - CUDA (CLI) vs CPU (CLI): |L_S|, |L_T| of f_old, f_new and control differ by <= 0.05 nats,
+#     and the chosen insertion position's descent margin U_P agrees in sign or is below 2 se;
+#   - CUDA via a job vs CUDA via the CLI: the same losses within 1e-3 (same device, same seed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export RESX_HOME="$(mktemp -d)"
+export RESX_DATA_DIR="$RESX_HOME/data"
+trap 'rm -rf "$RESX_HOME"' EXIT
+python - <<'PY'
+import json, os, subprocess, sys, time
+from pathlib import Path
+
+import torch
+GPU = os.environ.get("RESX_GPU_CHECK_DEVICE", "cuda")  # "cpu": a dry run of this script's plumbing
+if GPU == "cuda" and not torch.cuda.is_available():
+    print("no CUDA device: nothing to check"); sys.exit(2)
+sys.path.insert(0, ".")
+from benchmarks.bench_train import write_cifar10
+from resx.core.config import PRESETS
+from resx.runs.jobs import JobManager
+from resx.runs.store import Store
+from resx.runs.workers import WorkerPool
+
+home, data = Path(os.environ["RESX_HOME"]), Path(os.environ["RESX_DATA_DIR"])
+md5 = write_cifar10(data, per_file=400, test=600, seed=0)   # 2,000 train and 600 test images, real format
+# torchvision checks the files' md5 against the real CIFAR-10's: every process of this check (the
+# CLI's, the job's worker) loads a sitecustomize that swaps in these files' sums, nothing else.
+site = home / "site"
+site.mkdir()
+(site / "sitecustomize.py").write_text(
+    "import json, os\n"
+    "md5 = json.loads(os.environ['RESX_GPU_CHECK_MD5'])\n"
+    "import torchvision.datasets as tvd\n"
+    "c = tvd.CIFAR10\n"
+    "c.train_list = [[n, md5[n]] for n, _ in c.train_list]\n"
+    "c.test_list = [[n, md5[n]] for n, _ in c.test_list]\n"
+    "c.meta = {**c.meta, 'md5': md5[c.meta['filename']]}\n")
+os.environ["RESX_GPU_CHECK_MD5"] = json.dumps(md5)
+os.environ["PYTHONPATH"] = os.pathsep.join([str(site), os.getcwd(), os.environ.get("PYTHONPATH", "")])
+sys.path.insert(0, str(site))
+import sitecustomize  # noqa: F401  (this process too: the job's worker is spawned from it)
+SMALL = dict(n=2000, n_probe=200, n_test=400, epochs=3, finetune_epochs=1, augment=False)
+print("device:", torch.cuda.get_device_name(0) if GPU == "cuda" else "cpu (dry run)", "| torch", torch.__version__)
+
+def cli(device):
+    out = home / f"cli-{device}"
+    args = [sys.executable, "-m", "resx", "run", "--preset", "cifar10-resnet8", "--no-store", "--out", str(out),
+            "--set", f"device={device}"] + [a for k, v in SMALL.items() for a in ("--set", f"{k}={str(v).lower()}")]
+    t0 = time.monotonic()
+    subprocess.run(args, check=True, capture_output=True)
+    return time.monotonic() - t0, json.loads((out / "result.json").read_text())
+
+def job(device):
+    store = Store(home / "store")
+    pool = WorkerPool(1, torch_threads=max(1, os.cpu_count() // 2))
+    manager = JobManager(store, pool, workers=1, torch_threads=1)
+    try:
+        t0 = time.monotonic()
+        run_id = manager.submit(PRESETS["cifar10-resnet8"].replace(device=device, **SMALL), source="gpu_check")
+        snap = manager.wait(run_id, timeout=1200)
+        assert snap.status == "done", (snap.status, snap.message)
+        return time.monotonic() - t0, snap.result
+    finally:
+        manager.shutdown(timeout=30)
+        store.close()
+
+runs = {}
+for name, fn, device in (("cli_cpu", cli, "cpu"), ("cli_cuda", cli, GPU), ("job_cuda", job, GPU)):
+    seconds, result = fn(device)
+    runs[name] = result
+    print(f"{name:9s} {seconds:7.1f} s wall | timings {result['timings']} | device {result['device']}")
+
+failures = []
+def check(ok, text):
+    print(("ok   " if ok else "FAIL ") + text)
+    if not ok:
+        failures.append(text)
+
+for name, r in runs.items():
+    d = r["insertion"]["max_abs_logit_diff"]
+    check(d <= 1e-4, f"{name}: function preserved at insertion, max |logit diff| = {d:.2e} <= 1e-4")
+for model in ("old", "new", "control"):
+    for key in ("L_S", "L_T"):
+        a, b, c = runs["cli_cpu"][model][key], runs["cli_cuda"][model][key], runs["job_cuda"][model][key]
+        check(abs(a - b) <= 0.05, f"{model}.{key}: CPU {a:.4f} vs CUDA {b:.4f} (|diff| {abs(a - b):.4f} <= 0.05)")
+        check(abs(b - c) <= 1e-3, f"{model}.{key}: CUDA CLI {b:.5f} vs CUDA job {c:.5f} (|diff| {abs(b - c):.1e} <= 1e-3)")
+pos = runs["cli_cpu"]["config"]["position"]
+def margin(r):
+    m = next(m for m in r["margins"] if m.get("position") == pos)
+    return m.get("U_P", m.get("value")), m.get("U_P_se", m.get("stderr"))
+(u0, se0), (u1, se1) = margin(runs["cli_cpu"]), margin(runs["cli_cuda"])
+check((u0 > 0) == (u1 > 0) or abs(u0 - u1) <= 2 * max(se0 or 0, se1 or 0),
+      f"descent margin at position {pos}: CPU {u0:.3g} (se {se0}) vs CUDA {u1:.3g} (se {se1})")
+print("FAILED:" if failures else "all checks passed", *failures, sep="\n  ")
+sys.exit(1 if failures else 0)
+PY

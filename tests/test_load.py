@@ -1,0 +1,68 @@
+"""A class pressing Run at once (issue 10): 6 real Chromium sessions on one real `streamlit run`,
+each with its own ?seed=, all reach done with no exception box and the app's own navigation; then
+6 sessions with one identical configuration, computed once and served to all of them.
+
+Small runs (URL parameters) keep it to a couple of minutes on 2 cores; the figures with the real
+demo-mlp are benchmarks/bench_load.py's.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from browser_util import Server
+from load_driver import drive, lab_url
+
+pytestmark = pytest.mark.browser
+
+TINY = dict(n=200, n_probe=100, n_test=100, n_pop=512, epochs=2, finetune_epochs=1, width=8, depth=2, position=1)
+SESSIONS = 6
+TIMEOUT_S = 240
+
+
+@pytest.fixture(scope="module")
+def server(chromium):
+    home = Path(tempfile.mkdtemp(prefix="resx-load-"))
+    srv = Server(home=home, log_path=home / "streamlit.log").start(timeout=120)
+    try:
+        yield srv
+    finally:
+        srv.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _store(server):
+    from resx.runs.store import Store
+    return Store(server.home)
+
+
+def test_six_sessions_with_their_own_seeds_all_finish(browser, server):
+    """Six sessions pressing Run together, each its own seed, all reach done: no exception box, no fallback navigation."""
+    urls = [lab_url(server.url, {**TINY, "seed": 100 + k}) for k in range(SESSIONS)]
+    report = drive(browser, server, urls, TIMEOUT_S, probe=False)
+    print("\n", report.summary())
+    assert not report.errors, report.errors
+    assert not report.bad_nav, report.bad_nav
+    assert report.all_done, (report.statuses, server.log_tail())
+    assert len(set(report.run_ids.values())) == SESSIONS
+    with _store(server) as store:
+        seeds = sorted(store.get_run(r)["config"]["seed"] for r in report.run_ids.values())
+    assert seeds == [100 + k for k in range(SESSIONS)]  # ?seed= set each session's run
+
+
+def test_six_identical_sessions_share_one_run(browser, server):
+    """Six sessions with one identical configuration all reach done on one computation; five are told which run they share."""
+    urls = [lab_url(server.url, {**TINY, "seed": 7})] * SESSIONS
+    report = drive(browser, server, urls, TIMEOUT_S, probe=False)
+    print("\n", report.summary())
+    assert not report.errors, report.errors
+    assert not report.bad_nav, report.bad_nav
+    assert report.all_done, (report.statuses, server.log_tail())
+    (run_id,) = set(report.run_ids.values())
+    assert report.cache_notes == SESSIONS - 1
+    with _store(server) as store:
+        assert store.cache_hits([run_id]) == {run_id: SESSIONS - 1}
+        assert [r["id"] for r in store.list_runs() if r["config"]["seed"] == 7] == [run_id]
