@@ -58,7 +58,7 @@ def test_runs_page_lists_and_compares_runs(app_home):
     from resx.runs.store import RecordWriter, Store
 
     store = Store(app_home)
-    cfg = RunConfig(n=100, n_probe=100, n_test=100, n_pop=512, epochs=1, finetune_epochs=1, width=8)
+    cfg = RunConfig(n=100, n_probe=100, n_test=100, n_pop=512, m_cert=2048, epochs=1, finetune_epochs=1, width=8)
     run_id = store.create_run(cfg.to_dict(), source="cli")
     with RecordWriter(store, run_id) as writer:
         result = run_pipeline(cfg, sink=writer)
