@@ -8,7 +8,7 @@ TIMEOUT = 120  # AppTest's default (3 s) is shorter than importing torch
 
 def _small(at):
     for label, value in (("n", 200), ("n_probe", 200), ("n_test", 200), ("epochs", 2), ("finetune_epochs", 1),
-                         ("width", 16)):
+                         ("width", 16), ("m_cert", 4096)):
         next(w for w in at.number_input if w.label == label).set_value(value)
     return at
 
@@ -38,6 +38,8 @@ def test_lab_runs_the_default_preset_and_draws_every_panel(app_home):
     assert not at.exception
     text = " ".join(m.value for m in at.markdown)
     assert "preserved" in text and "descent condition" in text
+    assert "Did expansion lower the risk?" in text and "beat the control" not in text
+    assert len(at.get("metric")) >= 6 and at.table        # margins (3) and the headline (3); the certificates table
     assert len(at.get("plotly_chart")) >= 5
     assert at.query_params["preset"] in ("demo-mlp", ["demo-mlp"])
 
