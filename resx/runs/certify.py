@@ -123,7 +123,7 @@ def summary(result: dict, holdout: dict, pac: dict) -> dict:
                      "bounds": "L(f_new)", "bound": route["bound"], "observed": L_new,
                      "slack": route["bound"] - L_new if L_new is not None else None,
                      "certified": route["verdict"] in ("strict", "no_worse"), "valid": route.get("valid", False),
-                     "would_certify_at": {"n": max(v for v in (terms.get("n_nonvacuous_M"), terms.get("n_nonvacuous_K"))
+                     "would_certify_at": {"n_nonvacuous": max(v for v in (terms.get("n_nonvacuous_M"), terms.get("n_nonvacuous_K"))
                                                    if v is not None) if terms else None}})
     scored = [r for r in rows if r["slack"] is not None and math.isfinite(r["slack"])]
     tightest = min(scored, key=lambda r: r["slack"]) if scored else None
