@@ -81,13 +81,13 @@ def headline_panel(result: dict):
     for col, key in zip(cols, ("new", "f_J", "control")):
         r = rows[key]
         word = "lower" if r["lower"] else "higher" if r["higher"] else "within 2 SE"
-        col.metric(r["label"], fmt(r["difference"], r["se"]), help=f"{titles[key]}; paired on the {head['sample']} "
-                   f"({head['m']} points), ± one standard error")
-        col.caption(f"{titles[key]}: {word}")
+        col.metric(r["label"], fmt(r["difference"]), help=f"{titles[key]}; paired on the {head['sample']} "
+                   f"({head['m']} points)")
+        col.caption(f"± {fmt(r['se'], digits=2)} (1 SE). {titles[key]}: {word}")
         cert = certs[key]
         if cert is not None:
             badge = ":green-badge[certified]" if cert["certified"] else ":orange-badge[not certified]"
-            col.markdown(f"{badge} {cert['statement']}  \nupper bound {fmt(cert['ucb'])}"
+            col.markdown(f"{badge} {cert['statement']}  \nupper bound on the difference {fmt(cert['ucb'])}"
                          + ("" if cert["certified"] or cert["m_to_certify"] is None
                             else f"; would certify from m = {fmt(cert['m_to_certify'])}"))
     st.caption(f"Paired differences on the {head['sample']}: {'population risk L' if head['risk'] == 'L' else 'test risk'}"
@@ -103,11 +103,13 @@ def certificates_panel(result: dict):
         st.caption("Appear when the fine-tune and the control have finished.")
         return
     rows = sorted(cert["items"], key=lambda r: (r["slack"] is None, r["slack"] if r["slack"] is not None else 0))
-    table = {"certificate": [], "certifies": [], "model": [], "bound": [], "observed": [], "verdict": [],
-             "would certify at": []}
+    table = {"certificate": [], "certifies": [], "bound on": [], "model": [], "bound": [], "observed": [],
+             "verdict": [], "would certify at": []}
     for r in rows:
-        table["certificate"].append(r["name"] + (" (tightest)" if r["name"] == cert.get("tightest") else ""))
+        kind = r["name"] if r["kind"] == "norm-based route" else r["kind"]
+        table["certificate"].append(kind + (" (tightest)" if r["name"] == cert.get("tightest") else ""))
         table["certifies"].append(r["certifies"])
+        table["bound on"].append(r["bounds"])
         table["model"].append(r["model"])
         table["bound"].append(fmt(r["bound"]))
         table["observed"].append(fmt(r["observed"]))
