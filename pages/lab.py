@@ -72,6 +72,7 @@ def live():
         ui.status_banner(head, snap)
     if snap.is_active and run_id in st.session_state.get("my_runs", ()) and stop.button("Stop run", key="stop", help="cancels the training job; the records so far are kept"):
         manager.cancel(run_id)
+    ui.headline_panel(result)  # the answer first, once the run has one
 
     st.subheader("Training curves")
     if any(r.name == "loss" for r in snap.records):
@@ -102,7 +103,9 @@ def live():
         else:
             st.caption("Appears when the run reaches the jumpboard step.")
 
-    st.subheader("The two test-risk guarantees")
+    st.subheader("Certificates")
+    ui.certificates_panel(result)
+    st.subheader("The two test-risk guarantees (the paper's norm-based routes)")
     ui.routes_panel(result)
 
 

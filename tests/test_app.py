@@ -8,7 +8,7 @@ TIMEOUT = 120  # AppTest's default (3 s) is shorter than importing torch
 
 def _small(at):
     for label, value in (("n", 200), ("n_probe", 200), ("n_test", 200), ("epochs", 2), ("finetune_epochs", 1),
-                         ("width", 16)):
+                         ("width", 16), ("m_cert", 4096)):
         next(w for w in at.number_input if w.label == label).set_value(value)
     return at
 
@@ -38,6 +38,8 @@ def test_lab_runs_the_default_preset_and_draws_every_panel(app_home):
     assert not at.exception
     text = " ".join(m.value for m in at.markdown)
     assert "preserved" in text and "descent condition" in text
+    assert "Did expansion lower the risk?" in text and "beat the control" not in text
+    assert len(at.get("metric")) >= 6 and at.table        # margins (3) and the headline (3); the certificates table
     assert len(at.get("plotly_chart")) >= 5
     assert at.query_params["preset"] in ("demo-mlp", ["demo-mlp"])
 
@@ -58,7 +60,7 @@ def test_runs_page_lists_and_compares_runs(app_home):
     from resx.runs.store import RecordWriter, Store
 
     store = Store(app_home)
-    cfg = RunConfig(n=100, n_probe=100, n_test=100, n_pop=512, epochs=1, finetune_epochs=1, width=8)
+    cfg = RunConfig(n=100, n_probe=100, n_test=100, n_pop=512, m_cert=2048, epochs=1, finetune_epochs=1, width=8)
     run_id = store.create_run(cfg.to_dict(), source="cli")
     with RecordWriter(store, run_id) as writer:
         result = run_pipeline(cfg, sink=writer)

@@ -125,13 +125,39 @@ def test_representational_gain_prefers_the_population_margin():
 # ---------------------------------------------------------------------------------------------
 # eps, vacuity, n_nonvacuous
 
-def test_epsilon_and_hoeffding_formulas_and_scaling():
-    """eps = R + (c/2) sqrt(log(4/delta)/(2n)) halves when n is multiplied by 4 and R scales like 1/sqrt(n)."""
+def _mcdiarmid_width(c, n, tail):
+    """The t with exp(-2 n t^2 / c^2) = tail, by bisection on the tail itself (not the closed form)."""
+    lo, hi = 0.0, 10.0 * c
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if math.exp(-2 * n * mid ** 2 / c ** 2) > tail else (lo, mid)
+    return hi
+
+
+@pytest.mark.parametrize("log_grid", [0.0, 7.5])
+def test_epsilon_pays_three_mcdiarmid_events_and_the_grid(log_grid):
+    """2 eps - 2 R is three McDiarmid widths at delta/6 each (two uniform deviations, and the step
+    from the empirical to the expected Rademacher complexity; review I1), each at the grid cell's
+    share delta exp(-log_grid) / 6 (review I2); Hoeffding is one width at delta/2."""
     R, c, n, d = 0.7, 3.0, 500, 0.05
-    assert epsilon(R, c, n, d) == pytest.approx(R + c / 2 * math.sqrt(math.log(4 / d) / (2 * n)))
-    assert hoeffding(c, n, d) == pytest.approx(c * math.sqrt(math.log(2 / d) / (2 * n)))
-    assert epsilon(R / 2, c, 4 * n, d) == pytest.approx(epsilon(R, c, n, d) / 2)
-    assert hoeffding(c, 4 * n, d) == pytest.approx(hoeffding(c, n, d) / 2)
+    width = _mcdiarmid_width(c, n, d * math.exp(-log_grid) / 6)
+    assert 2 * (epsilon(R, c, n, d, log_grid) - R) == pytest.approx(3 * width, rel=1e-9)
+    assert hoeffding(c, n, d) == pytest.approx(_mcdiarmid_width(c, n, d / 2), rel=1e-9)
+    assert epsilon(R / 2, c, 4 * n, d, log_grid) == pytest.approx(epsilon(R, c, n, d, log_grid) / 2)
+
+
+def test_budget_grid_rounds_up_and_its_prior_sums_to_one():
+    """Each budget is rounded up by less than gamma, and the prior over grid indices sums to 1."""
+    gamma = math.exp(1 / 7)
+    values = [0.013, 1.0, 2.5, 77.0, 1e4]
+    ratios, price = bounds.budget_grid(values, gamma)
+    for v, r in zip(values, ratios):
+        assert 1.0 <= r < gamma * (1 + 1e-12)
+        k = round(math.log(v * r) / math.log(gamma))
+        assert v * r == pytest.approx(gamma ** k, rel=1e-9)
+    mass = sum(1 / (bounds.GRID_MASS * (abs(k) + 1) * (abs(k) + 2)) for k in range(-100_000, 100_001))
+    assert mass == pytest.approx(1.0, abs=1e-4)
+    assert price > 0
 
 
 @pytest.mark.parametrize("R, n", [(5.0, 100), (0.01, 10_000), (120.0, 2000)])
@@ -145,7 +171,7 @@ def test_n_nonvacuous_makes_2eps_equal_c(R, n):
 def test_vacuity_flags_follow_c():
     """Terms marks eps_X vacuous exactly when 2 eps_X >= c, and n_nonvacuous is above n iff vacuous."""
     c, d, n = 3.0, 0.05, 1000
-    q = c / 2 * math.sqrt(math.log(4 / d) / (2 * n))
+    q = epsilon(0.0, c, n, d)
     R_edge = c / 2 - q                                    # 2 eps == c exactly
     for R_M, R_K in ((R_edge * 1.01, R_edge * 0.99), (R_edge * 0.5, R_edge * 3)):
         M = ComplexityTerm("grs", "", R_M, n, ())
@@ -268,13 +294,18 @@ def test_conv_norms_bound_the_unrolled_operator(stride, k):
 
 @pytest.mark.parametrize("bound_name", ["grs", "bft"])
 def test_head_scaling(mlp, bound_name):
-    """Scaling the head (weights and bias) by 2 doubles GRS exactly, and BFT without a reference never shrinks."""
+    """Scaling the head (weights and bias) by 2 doubles GRS before the grid rounding exactly, and BFT
+    without a reference never shrinks; the rounding multiplies R by a factor in [1, e]."""
     model, x, _ = mlp
     big = copy.deepcopy(model)
     with torch.no_grad():
         big.head.weight.mul_(2.0)
         big.head.bias.mul_(2.0)
-    r1, r2 = complexity(model, x, bound=bound_name).R, complexity(big, x, bound=bound_name).R
+    t1, t2 = complexity(model, x, bound=bound_name), complexity(big, x, bound=bound_name)
+    r1, r2 = t1.inputs["R_unrounded"], t2.inputs["R_unrounded"]
+    for t in (t1, t2):
+        assert t.R == pytest.approx(t.grid_factor * t.inputs["R_unrounded"], rel=1e-12)
+        assert 1.0 <= t.grid_factor <= math.e * (1 + 1e-12)
     if bound_name == "grs":
         assert r2 == pytest.approx(2 * r1, rel=1e-9)
     else:
@@ -288,7 +319,8 @@ def test_grs_mlp_is_invariant_to_the_stem_scale(mlp):
     with torch.no_grad():
         scaled.stem.weight.mul_(3.0)
         scaled.stem.bias.mul_(3.0)
-    assert complexity(scaled, x).R == pytest.approx(complexity(model, x).R, rel=1e-4)
+    assert complexity(scaled, x).inputs["R_unrounded"] == pytest.approx(complexity(model, x).inputs["R_unrounded"],
+                                                                         rel=1e-4)
 
 
 def test_grs_scales_like_one_over_sqrt_n(mlp):
@@ -341,8 +373,8 @@ def test_bft_grows_with_the_distance_from_phi0(mlp):
             moved.blocks[1].w2.weight.add_(t * D)
         term = complexity(moved, x, bound="bft", reference=f_new, new_block_position=1)
         assert term.rho == pytest.approx(t * D.norm().item(), rel=1e-6)
-        at_n.append(term.R)
-        at_large.append(term.at(1e12))
+        at_n.append(term.inputs["R_unrounded"])
+        at_large.append(term.at(1e12) / term.grid_factor)
     assert all(b >= a for a, b in zip(at_n, at_n[1:])), at_n
     assert all(b > a for a, b in zip(at_large, at_large[1:])), at_large
 

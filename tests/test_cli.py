@@ -11,7 +11,7 @@ from resx.core.config import RunConfig
 from resx.runs.pipeline import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = ["n=300", "n_probe=200", "n_test=200", "n_pop=2048", "epochs=2", "finetune_epochs=1", "width=16"]
+SMALL = ["n=300", "n_probe=200", "n_test=200", "n_pop=2048", "m_cert=8192", "epochs=2", "finetune_epochs=1", "width=16"]
 
 
 def _resx(*args, env=None):
@@ -67,7 +67,7 @@ def test_presets_lists_every_preset():
 def test_cli_runs_land_in_the_store_and_export(tmp_path):
     """A command-line run is recorded in the store; `runs list/show/export` read it back."""
     env = {"RESX_HOME": str(tmp_path)}
-    args = ["run", "--set", "n=200", "--set", "n_pop=1024", "--set", "epochs=1", "--set", "finetune_epochs=1"]
+    args = ["run", "--set", "n=200", "--set", "n_pop=1024", "--set", "m_cert=2048", "--set", "epochs=1", "--set", "finetune_epochs=1"]
     assert _resx(*args, env=env).returncode == 0
     listing = _resx("runs", "list", env=env)
     run_id = listing.stdout.split()[0]
@@ -104,4 +104,17 @@ def _check_theory_keys(result, cfg):
     assert abs(B["bound"] - (base + 2 * (t["eps_M"] + t["eps_K"]))) <= 1e-9 * abs(B["bound"])
     for route in (A, B):
         gain, cost = t["Delta_R"] + t["Delta_ERM"], route["cost"]
-        assert route["verdict"] == ("strict" if gain > cost else "not_certified" if gain < cost else "no_worse")
+        arithmetic = "strict" if gain > cost else "not_certified" if gain < cost else "no_worse"
+        assert route["arithmetic_verdict"] == arithmetic
+        assert route["heuristic"] and not route["valid"]     # mlp: the LayerNorm peel is not a theorem
+        assert route["verdict"] == "not_certified"            # so a route never certifies here
+    cert = result["certificates"]
+    pairs = cert["holdout"]["pairs"]
+    assert [p["statement"] for p in pairs] == ["L(f_J) < L(f_old)", "L(f_new) < L(f_old)", "L(f_new) < L(control)"]
+    assert cert["holdout"]["m"] == cfg.m_cert and cert["holdout"]["delta_each"] == cfg.delta / 3
+    for p in pairs:
+        assert p["certified"] == (p["ucb"] < 0) and p["ucb"] > p["mean"] and p["clipped_a"] == p["clipped_b"] == 0
+    assert cert["pac_bayes"]["available"] and cert["pac_bayes"]["bound"] > 0
+    assert cert["tightest"] in [i["name"] for i in cert["items"]]
+    rows = {r["model"]: r for r in result["headline"]["rows"]}
+    assert abs(rows["f_J"]["difference"] + t["Delta_R"]) < 1e-6      # the same paired difference, other sign

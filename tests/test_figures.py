@@ -18,7 +18,7 @@ from resx.scale.paper_data import (FigureSettings, ModelBank, figure1_data, figu
 from resx.core.train import risk
 
 TINY = RunConfig(dataset="shapes", arch="resnet", depth=1, width=2, position=0, n=64, n_probe=32, n_test=96,
-                 n_pop=256, optimizer="sgd", lr=0.05, batch_size=32, epochs=1, finetune_epochs=1, device="cpu")
+                 n_pop=256, m_cert=1024, optimizer="sgd", lr=0.05, batch_size=32, epochs=1, finetune_epochs=1, device="cpu")
 
 
 def _settings(**changes):

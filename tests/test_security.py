@@ -34,7 +34,7 @@ from resx.core.data import DataError, data_dir, save_upload
 from resx.runs.pipeline import CHECKPOINTS, load_checkpoint, run_pipeline
 
 APP_TIMEOUT = 120  # AppTest's default (3 s) is shorter than importing torch
-TINY = dict(n=100, n_probe=100, n_test=100, n_pop=512, epochs=1, finetune_epochs=1, width=8, depth=2, position=1)
+TINY = dict(n=100, n_probe=100, n_test=100, n_pop=512, m_cert=2048, epochs=1, finetune_epochs=1, width=8, depth=2, position=1)
 PAGES = ("pages/lab.py", "pages/signals.py", "pages/scaling.py", "pages/allocation.py", "pages/runs.py",
          "pages/theory.py")
 

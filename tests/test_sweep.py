@@ -17,10 +17,10 @@ from resx.runs.store import Store
 from resx.scale.sweep import (CELL_COLUMNS, LocalExecutor, SweepSpec, add_sweep_parser, cell_key, run_cell,
                         run_sweep)
 
-TINY = RunConfig(n=128, n_probe=128, n_test=128, n_pop=1024, epochs=1, finetune_epochs=1, width=8, depth=1,
+TINY = RunConfig(n=128, n_probe=128, n_test=128, n_pop=1024, m_cert=2048, epochs=1, finetune_epochs=1, width=8, depth=1,
                  position=1)
 SPEC = SweepSpec(TINY, depths=[1, 2], widths=[8, 16])
-TINY_ARGS = ["--set", "n=128", "--set", "n_probe=128", "--set", "n_test=128", "--set", "n_pop=1024",
+TINY_ARGS = ["--set", "n=128", "--set", "n_probe=128", "--set", "n_test=128", "--set", "n_pop=1024", "--set", "m_cert=2048",
              "--set", "epochs=1", "--set", "finetune_epochs=1"]
 
 

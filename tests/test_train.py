@@ -8,7 +8,7 @@ from resx.core.data import load_data
 from resx.core.models import build_model
 from resx.core.train import Evaluator, draw_population, lr_at, train
 
-SMALL = RunConfig(n=256, n_probe=64, n_test=128, n_pop=1024, width=16, depth=2, position=1,
+SMALL = RunConfig(n=256, n_probe=64, n_test=128, n_pop=1024, m_cert=2048, width=16, depth=2, position=1,
                   epochs=2, finetune_epochs=1, batch_size=64)
 
 

@@ -14,7 +14,7 @@ from .text import plain
 FIELDS = {f.name: f.type for f in dataclasses.fields(RunConfig)}
 # What the Lab form shows, in order; the rest keep the preset's value (and the URL's).
 FORM_FIELDS = ("dataset", "arch", "depth", "width", "position", "n", "n_probe", "n_test", "optimizer", "lr",
-               "weight_decay", "batch_size", "epochs", "finetune_epochs", "finetune", "bound", "delta", "seed")
+               "weight_decay", "batch_size", "epochs", "finetune_epochs", "finetune", "bound", "delta", "m_cert", "seed")
 CHOICES = {"dataset": ("teacher", "shapes", "cifar10", "cifar100", "mnist", "fashion-mnist"),
            "arch": ("mlp", "resnet"), "optimizer": ("sgd", "adamw"), "finetune": ("block", "all"),
            "bound": ("grs", "bft"), "schedule": ("constant", "cosine")}
@@ -23,7 +23,8 @@ HELP = {"position": "insert the new block after this block (0 = right after the 
         "n": "training sample S", "n_probe": "probe sample P: chooses the jumpboard direction and step",
         "n_test": "test sample T", "finetune": "block: train only the new block; all: every parameter",
         "bound": "grs: Golowich-Rakhlin-Shamir 2018; bft: Bartlett-Foster-Telgarsky 2017",
-        "delta": "the guarantees hold with probability at least 1 - delta"}
+        "delta": "every certificate holds with probability at least 1 - delta (the three hold-out pairs together)",
+        "m_cert": "fresh points for the hold-out certificates on synthetic tasks (real data use T)"}
 
 
 def ints(text: str, field: str) -> tuple[int, ...]:

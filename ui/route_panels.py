@@ -1,4 +1,5 @@
-"""The Lab's panel for the two test-risk guarantees: gains, costs, verdicts, vacuity, the control."""
+"""The Lab's result panels: did expansion lower the risk (the headline), the certificates, and the
+paper's two norm-based routes with their waterfalls, verdicts and vacuity (theory.md 8, 8b)."""
 from __future__ import annotations
 
 import streamlit as st
@@ -26,6 +27,11 @@ def routes_panel(result: dict):
     for col, key, title in ((cols[0], "A", "Route A (population)"), (cols[1], "B", "Route B (train/test)")):
         route = routes[key]
         label, color = VERDICTS.get(route["verdict"], (route["verdict"], "gray"))
+        arithmetic = route.get("arithmetic_verdict")
+        if route.get("heuristic") and arithmetic and arithmetic != "not_certified":
+            label += f" (heuristic bound; its arithmetic alone would say {VERDICTS[arithmetic][0]})"
+        elif route.get("heuristic"):
+            label += " (heuristic bound)"
         with col:
             st.markdown(f"**{title}**: :{color}-badge[{label}]  \nbound on L(f_new): {fmt(route['bound'])}; "
                         f"gain {fmt(gain)} against cost {fmt(route['cost'])}")
@@ -42,12 +48,87 @@ def routes_panel(result: dict):
                    f"f_J {fmt(terms.get('gap_J'))}.")
     if routes.get("tighter_reason"):
         st.caption(routes["tighter_reason"].capitalize() + ". " + theory_link("8-the-two-test-risk-guarantees"))
-    beats = result.get("expansion_beats_control")
-    if beats:
-        verdict = {"beats": "beat", "loses": "lost to", "ties": "tied with (within 2 paired standard errors)"}[
-            beats["verdict"]]
-        st.markdown(f"The fine-tuned expanded model **{verdict}** the control, which trained the old model on "
-                    f"for as many steps: {beats['risk']} {fmt(beats['new'])} against {fmt(beats['control'])}, "
-                    f"difference {fmt(beats['difference'], beats['difference_se'])}.")
+    heuristic = routes["A"].get("heuristic") or []
+    if heuristic:
+        with st.expander("Why neither route can certify: the steps that are not theorems here"):
+            st.markdown("\n".join(f"- {h}" for h in heuristic))
+            st.caption("Paid for as stated: the budgets' geometric grid (its factor on R and its log term), the "
+                       "McDiarmid step from the empirical to the expected Rademacher complexity, and "
+                       "sqrt(mean ||x||^2) for the inputs. " + theory_link("8b-certificates-that-can-certify"))
     with st.expander("Every term"):
         st.table({k: [fmt(v) if isinstance(v, float) else str(v)] for k, v in terms.items()})
+
+
+def headline_panel(result: dict):
+    """Did expansion lower the risk? L(f) - L(f_old) for f_new, f_J and the control, paired, with
+    standard errors, and the hold-out certificate of each comparison."""
+    head = result.get("headline")
+    if not head:
+        return
+    rows = {r["model"]: r for r in head["rows"]}
+    pairs = {(p["a"], p["b"]): p for p in (result.get("certificates") or {}).get("holdout", {}).get("pairs", [])}
+    new = rows["new"]
+    if new["lower"]:
+        answer = "**Yes**: the fine-tuned expanded model's risk is lower than the old model's."
+    elif new["higher"]:
+        answer = "**No**: the fine-tuned expanded model's risk is *higher* than the old model's."
+    else:
+        answer = "**Not measurably**: the fine-tuned expanded model is within 2 standard errors of the old one."
+    st.markdown(f"#### Did expansion lower the risk?  \n{answer}")
+    cols = st.columns(3)
+    titles = {"new": "expanded, fine-tuned (f_new)", "f_J": "jumpboard (f_J)", "control": "control (old, trained on)"}
+    certs = {"new": pairs.get(("old", "new")), "f_J": pairs.get(("old", "f_J")), "control": pairs.get(("control", "new"))}
+    for col, key in zip(cols, ("new", "f_J", "control")):
+        r = rows[key]
+        word = "lower" if r["lower"] else "higher" if r["higher"] else "within 2 SE"
+        col.metric(r["label"], fmt(r["difference"]), help=f"{titles[key]}; paired on the {head['sample']} "
+                   f"({head['m']} points)")
+        col.caption(f"± {fmt(r['se'], digits=2)} (1 SE). {titles[key]}: {word}")
+        cert = certs[key]
+        if cert is not None:
+            badge = ":green-badge[certified]" if cert["certified"] else ":orange-badge[not certified]"
+            col.markdown(f"{badge} {cert['statement']}  \nupper bound on the difference {fmt(cert['ucb'])}"
+                         + ("" if cert["certified"] or cert["m_to_certify"] is None
+                            else f"; would certify from m = {fmt(cert['m_to_certify'])}"))
+    st.caption(f"Paired differences on the {head['sample']}: {'population risk L' if head['risk'] == 'L' else 'test risk'}"
+               f" of each model minus the old model's, on the same points. The badges are the hold-out "
+               f"certificates below. " + theory_link("8b-certificates-that-can-certify"))
+
+
+def certificates_panel(result: dict):
+    """Every certificate: what it certifies (which model, deterministic or stochastic), its bound,
+    the observed value it bounds, its verdict and where it would certify; the tightest first."""
+    cert = result.get("certificates")
+    if not cert:
+        st.caption("Appear when the fine-tune and the control have finished.")
+        return
+    rows = sorted(cert["items"], key=lambda r: (r["slack"] is None, r["slack"] if r["slack"] is not None else 0))
+    table = {"certificate": [], "certifies": [], "bound on": [], "model": [], "bound": [], "observed": [],
+             "verdict": [], "would certify at": []}
+    for r in rows:
+        kind = r["name"] if r["kind"] == "norm-based route" else r["kind"]
+        table["certificate"].append(kind + (" (tightest)" if r["name"] == cert.get("tightest") else ""))
+        table["certifies"].append(r["certifies"])
+        table["bound on"].append(r["bounds"])
+        table["model"].append(r["model"])
+        table["bound"].append(fmt(r["bound"]))
+        table["observed"].append(fmt(r["observed"]))
+        verdict = "certified" if r["certified"] else "not certified"
+        table["verdict"].append(verdict + ("" if r["valid"] else " (heuristic bound)"))
+        where = {k: v for k, v in (r.get("would_certify_at") or {}).items()}
+        table["would certify at"].append(", ".join(f"{k} = {fmt(v) if v is not None else 'never'}"
+                                                   for k, v in where.items()) if not r["certified"] else "")
+    st.table(table)
+    hold, pac = cert["holdout"], cert["pac_bayes"]
+    st.caption(f"Hold-out: empirical Bernstein on the paired differences over {hold['sample']}, each pair at "
+               f"delta/3 = {fmt(hold['delta_each'])} (union bound: the three hold together at 1 - delta); "
+               f"{hold['range_note']}. Tightest: {cert.get('tightest')} ({cert.get('tightest_reason')}).")
+    if pac.get("available"):
+        st.caption(f"PAC-Bayes: theta_old re-trained on the first half of S ({pac['n_a']} points), the new block's "
+                   f"posterior N(phi_hat, sigma^2 I) on the second (n_b = {pac['n_b']}); prior N(phi0, sigma^2 I); "
+                   f"sigma = {fmt(pac['sigma'])} from a grid of {len(pac['grid'])} (paid), KL = {fmt(pac['kl'])} nats; "
+                   f"smoothed cross-entropy (alpha = {fmt(pac['alpha'])}, range {fmt(pac['loss_range'])}); "
+                   f"bound {fmt(pac['bound'])} against log K = {fmt(pac['log_K'])}. A stochastic model, not the "
+                   f"run's f_new. " + theory_link("8b-certificates-that-can-certify"))
+    else:
+        st.caption(f"PAC-Bayes route: {pac.get('note', 'not available')}.")

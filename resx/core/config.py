@@ -71,6 +71,8 @@ class RunConfig:
     # theory (theory.md 4-8)
     delta: float = 0.05               # confidence: guarantees hold with probability >= 1 - delta
     bound: str = "grs"                # "grs" (Golowich et al. 2018) | "bft" (Bartlett et al. 2017)
+    m_cert: int = 262144              # fresh sample for the hold-out certificates (synthetic only), 2^18:
+                                      # demo-mlp's jumpboard (L(f_J) - L(f_old) = -0.0044) certifies from ~1e5
     # reproducibility and placement
     seed: int = 0
     device: str = "auto"              # "auto" | "cpu" | "cuda"
@@ -103,6 +105,7 @@ class RunConfig:
         _check_choice("finetune", self.finetune, ("block", "all"))
         _check_float("delta", self.delta, 1e-6, 0.5)
         _check_choice("bound", self.bound, ("grs", "bft"))
+        _check_int("m_cert", self.m_cert, 2, 1 << 24)
         _check_int("seed", self.seed, 0, 2**31 - 1)
         _check_choice("device", self.device, ("auto", "cpu", "cuda"))
 
@@ -212,7 +215,7 @@ PRESETS: dict[str, RunConfig] = {
     # synthetic images, ResNet-8 (one block per stage), base channels 8. Eight epochs leave the old
     # model short of fitting S, so the expanded model fine-tunes every parameter, like the control.
     "demo-resnet": RunConfig(dataset="shapes", arch="resnet", depth=1, width=8, position=2, n=2000,
-                             n_probe=1000, n_test=1000, n_pop=4096, optimizer="sgd", lr=0.05,
+                             n_probe=1000, n_test=1000, n_pop=4096, m_cert=16384, optimizer="sgd", lr=0.05,
                              weight_decay=5e-4, batch_size=128, epochs=8, finetune_epochs=2, finetune="all"),
     # the paper's setting: ResNet-8 with base channel 4 on real data
     "cifar10-resnet8": RunConfig(dataset="cifar10", arch="resnet", depth=1, width=4, position=1,

@@ -1,5 +1,5 @@
 """The whole run, as named steps: train base -> estimate margins -> insert -> jumpboard ->
-fine-tune (new and control) -> terms and routes. Emits records; returns the result dict that
+fine-tune (new and control) -> terms and routes -> certify. Emits records; returns the result dict that
 becomes `result.json`.
 """
 from __future__ import annotations
@@ -23,6 +23,7 @@ from ..core.train import Evaluator, draw_population, resolve_device, risk, train
 from ..theory.bounds import complexity, loss_bound, make_terms, tighter_route
 from ..theory.jumpboard import jump_margins, jumpboard_path
 from ..theory.margins import descent_margins
+from .certify import certify
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +138,10 @@ def run_pipeline(cfg: RunConfig, sink: RecordSink = discard, cancel: Optional[th
     result.update(guarantees(cfg, data, population, old, f_J, new, phi0, result))
     result["expansion_beats_control"] = expansion_against_control(new, control, data, population, cfg.delta)
     lap("terms_and_routes")
+    sink(Record("certify", 0, "", "progress", 0.0))   # headline, hold-out and PAC-Bayes certificates
+    result.update(certify(cfg, data, population, {"old": old, "new": new, "control": control, "f_J": f_J}, result))
+    sink(Record("certify", 0, "", "progress", 1.0))
+    lap("certify")
     result["status"] = "done"
     return _finish(result, timings, out_dir, models)
 

@@ -9,9 +9,15 @@ What is the paper's and what is ours:
   Bartlett-Foster-Telgarsky (2017); none of them is "the paper's bound". Each step that is not a
   theorem for these architectures is named in the docstring of `complexity` and in the docs.
 
-Every norm is computed in float64. Budgets (norms, distances, B_x, B_h, LayerNorm variances) are
-measured at the model on S: the classes are "all networks whose budgets are at most those of this
-model" (no union bound over budgets is added; THEORY.md section 7 says what that costs).
+Every norm is computed in float64. Validity (THEORY.md 7 and 8b): the budgets (the norms in each
+bound's product) are read off the trained model, so each is rounded up on a geometric grid fixed
+before S and paid for by a union bound (`budget_grid`: a factor of at most e on R and a log term in
+eps); R bounds the empirical Rademacher complexity, so eps adds the McDiarmid step to the expected
+one; B_x enters as sqrt(mean ||x||^2) (GRS's empirical form). What remains and is not a theorem for
+these architectures (LayerNorm and post-sum ReLU peeled by a Lipschitz factor, quantities that are
+properties of S at this model rather than budgets) is listed in `ComplexityTerm.heuristic`, and a
+route with any such step is never "certified": its verdict is "not_certified" and
+`arithmetic_verdict` keeps what the numbers alone would say.
 """
 from __future__ import annotations
 
@@ -87,16 +93,60 @@ class ComplexityTerm:
     layers: tuple
     inputs: dict = field(default_factory=dict)
     rho: Optional[float] = None
+    grid_factor: float = 1.0        # rounding the budgets up to the grid multiplies R by at most this
+    log_grid: float = 0.0           # sum over budgets of log(1/pi(k)): the union bound's price in eps
+    heuristic: tuple = ()           # the steps that are not theorems for this architecture
+
+    @property
+    def valid(self) -> bool:
+        return not self.heuristic
 
     def at(self, n: float) -> float:
         if self.name == "grs":
             return self.R * math.sqrt(self.n / n)
-        return CONTRACTION * sum(_dudley(a, r, n) for a, r in zip(self.inputs["a_j"], self.inputs["r_j"]))
+        return self.grid_factor * CONTRACTION * sum(_dudley(a, r, n) for a, r in
+                                                    zip(self.inputs["a_j"], self.inputs["r_j"]))
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["layers"] = [dict(row) for row in self.layers]
+        d["valid"] = self.valid
+        d["heuristic"] = list(self.heuristic)
         return d
+
+
+GRID_MASS = 1.5   # sum over k in Z of 1/((|k| + 1)(|k| + 2))
+
+
+def budget_grid(values, gamma: float) -> tuple[list[float], float]:
+    """Round each budget up to the grid gamma^k (k in Z, fixed before S) and price the union bound.
+
+    Returns (ratios rounded/actual, each in [1, gamma)), and sum_l log(1/pi(k_l)) with the prior
+    pi(k) = 1/(1.5 (|k| + 1)(|k| + 2)) (sums to 1 over Z). A zero budget costs nothing (k = -inf is
+    not needed: the class with budget 0 is inside every other)."""
+    ratios, log_price = [], 0.0
+    for v in values:
+        if v <= 0.0:
+            ratios.append(1.0)
+            continue
+        k = math.ceil(math.log(v) / math.log(gamma) - 1e-12)
+        ratios.append(max(1.0, gamma ** k / v))
+        log_price += math.log(GRID_MASS * (abs(k) + 1) * (abs(k) + 2))
+    return ratios, log_price
+
+
+HEURISTIC = {
+    "ln_peel": "LayerNorm peeled by its Lipschitz factor 1/sqrt(v_min + eps): not a theorem (GRS's peeling needs "
+               "a positively homogeneous activation under a Frobenius budget; review I4)",
+    "v_min": "v_min, the smallest pre-norm variance, is measured on S at this model: a property of S, not a "
+             "budget a grid can pay for; uniformly only 1/sqrt(eps) holds (review I3)",
+    "relu_peel": "the post-sum ReLU and the conv shortcut peeled by Lipschitz factors alone: not a theorem, false "
+                 "in general for ReLU layers under spectral budgets (Vardi-Shamir-Srebro 2022; review I4)",
+    "B_h": "B_h, the feature norm bounding the logits, is measured on S (review I8)",
+    "X_i": "BFT's layer inputs X_i are measured at this model on S, not bounded over the class (review I3)",
+    "reference": "BFT's reference is f_old, which was trained on S; the theorem needs it fixed before S (review I3)",
+    "c_class": "the loss range c uses this model's head norms, not a sup over the class (review I8)",
+}
 
 
 def complexity(model: nn.Module, x_S: torch.Tensor, *, bound: str = "grs", reference: Optional[nn.Module] = None,
@@ -153,17 +203,26 @@ def complexity(model: nn.Module, x_S: torch.Tensor, *, bound: str = "grs", refer
                 "spec": w.spec, "ratio": w.dist21 / w.spec if w.spec > 0 else math.inf,
                 "x_rms": math.sqrt(w.x_sq / net.n), "after": w.after} for w in net.weights]
 
+    is_mlp = isinstance(model, MLP)
     if bound == "grs":
         d = 1 + sum(s.peels for s in net.stages)
         prod = math.prod(s.grs for s in net.stages)
         depth_factor = math.sqrt(2.0 * math.log(2.0) * d) + 1.0
-        R_j = [net.B_x_aug * depth_factor * prod * row / math.sqrt(n_eff) for row in head_rows]
-        R = CONTRACTION * sum(R_j)
+        R_j = [net.x_rms_aug * depth_factor * prod * row / math.sqrt(n_eff) for row in head_rows]
+        stage_budgets = [b for s in net.stages for b in s.budgets]
+        gamma = math.exp(1.0 / (len(stage_budgets) + 1))          # all roundings together: at most e
+        stage_ratios, log_stage = budget_grid(stage_budgets, gamma)
+        head_ratios, log_head = budget_grid(head_rows, gamma)
+        factor = math.prod(stage_ratios) * max(head_ratios)
+        R = factor * CONTRACTION * sum(R_j)
         inputs.update({"d": d, "depth_factor": depth_factor, "grs_product": prod, "head_rows": head_rows,
-                       "R_F_j": R_j})
+                       "R_F_j": R_j, "x_rms_aug": net.x_rms_aug, "gamma": gamma, "budgets": len(stage_budgets)
+                       + len(head_rows), "R_unrounded": CONTRACTION * sum(R_j)})
         layers.append({"name": "head", "kind": "head", "grs": sum(head_rows), "note": "sum_j ||[w_j, b_j]||"})
+        heuristic = ((HEURISTIC["ln_peel"], HEURISTIC["v_min"], HEURISTIC["c_class"]) if is_mlp else
+                     (HEURISTIC["relu_peel"], HEURISTIC["B_h"]))
         return ComplexityTerm("grs", CITATIONS["grs"] + "; " + CITATIONS["maurer"], R, n_eff, tuple(layers),
-                              inputs, rho)
+                              inputs, rho, factor, log_stage + log_head, heuristic)
 
     # bft: suffix products of stage Lipschitz factors give the factor from a stage's output to the features
     after_stage = [math.prod(lips[s + 1:]) for s in range(len(lips))]
@@ -182,13 +241,20 @@ def complexity(model: nn.Module, x_S: torch.Tensor, *, bound: str = "grs", refer
         r_j.append(wj * net.B_h + abs(net.head_b[j].item()))
         head_dist.append(dj)
     R_j = [_dudley(a, r, n_eff) for a, r in zip(a_j, r_j)]
-    R = CONTRACTION * sum(R_j)
+    budgets = [w.dist21 for w in net.weights] + [w.spec for w in net.weights] + head_dist
+    gamma = math.exp(1.0 / (len(budgets) + 1))
+    ratios, log_grid = budget_grid(budgets, gamma)
+    factor = math.prod(ratios)              # Dudley's bound is at most linear in each budget's scale
+    R = factor * CONTRACTION * sum(R_j)
     inputs.update({"W": W_dim, "log_cover": log_cover, "C_j": C_j, "a_j": a_j, "r_j": r_j, "R_F_j": R_j,
-                   "head_dist": head_dist, "reference": reference is not None})
+                   "head_dist": head_dist, "reference": reference is not None, "gamma": gamma,
+                   "budgets": len(budgets), "R_unrounded": CONTRACTION * sum(R_j)})
     layers.append({"name": "head", "kind": "head", "dist21": sum(head_dist), "x_rms": x_head / math.sqrt(net.n),
                    "note": "sum_j ||[w_j, b_j] - [m_j, b0_j]||"})
+    heuristic = (HEURISTIC["X_i"],) + ((HEURISTIC["reference"],) if reference is not None else ()) + \
+        ((HEURISTIC["v_min"], HEURISTIC["c_class"]) if is_mlp else (HEURISTIC["B_h"],))
     return ComplexityTerm("bft", CITATIONS["bft"] + "; " + CITATIONS["maurer"], R, n_eff, tuple(layers),
-                          inputs, rho)
+                          inputs, rho, factor, log_grid, heuristic)
 
 
 def _dudley(a: float, r: float, n: float) -> float:
@@ -225,12 +291,16 @@ def lipschitz_bound(model: nn.Module, x_S: torch.Tensor, batch_size: int = 1024)
 # ---------------------------------------------------------------------------------------------
 # eps, Hoeffding, vacuity (theory.md 7)
 
-def epsilon(R: float, c: float, n: float, delta: float) -> float:
-    """eps_X = R + (c/2) sqrt(log(4/delta) / (2n)); w.p. >= 1 - delta/2, sup_X |L - L_S| <= 2 eps_X.
+def epsilon(R: float, c: float, n: float, delta: float, log_grid: float = 0.0) -> float:
+    """eps_X = R + (3c/2) sqrt((log(6/delta) + log_grid) / (2n)); w.p. >= 1 - delta/2,
+    sup_X |L - L_S| <= 2 eps_X, for R an upper bound on the empirical Rademacher complexity.
 
-    (Symmetrisation and McDiarmid for losses in [0, c], two-sided, at confidence delta/2.)
+    Three events at delta/6 each (Mohri et al. 2018, Thm 3.3, two-sided, losses in [0, c]):
+    sup (L - L_S) <= 2 R_n + c q and sup (L_S - L) <= 2 R_n + c q by symmetrisation and McDiarmid,
+    and R_n <= R_S + c q by McDiarmid on R_S (bounded differences c/n), q = sqrt(log(6/delta)/(2n)).
+    `log_grid` (the budgets' union bound) divides delta by the grid cell's prior mass.
     """
-    return R + 0.5 * c * math.sqrt(math.log(4.0 / delta) / (2.0 * n))
+    return R + 1.5 * c * math.sqrt((math.log(6.0 / delta) + log_grid) / (2.0 * n))
 
 
 def hoeffding(c: float, n: float, delta: float) -> float:
@@ -239,20 +309,20 @@ def hoeffding(c: float, n: float, delta: float) -> float:
 
 
 def n_nonvacuous(R: float, c: float, n: float, delta: float,
-                 R_at: Optional[Callable[[float], float]] = None) -> float:
+                 R_at: Optional[Callable[[float], float]] = None, log_grid: float = 0.0) -> float:
     """The sample size n* at which 2 eps = c, i.e. the bound on |L - L_S| stops being vacuous.
 
     Default: R scales like 1/sqrt(n) (GRS at fixed per-sample budgets), so with
-    q = sqrt(log(4/delta)/2), sqrt(n*) = (2 R sqrt(n) + c q) / c. With `R_at` (e.g.
+    q = 3 sqrt((log(6/delta) + log_grid)/2), sqrt(n*) = (2 R sqrt(n) + c q) / c. With `R_at` (e.g.
     `ComplexityTerm.at`, BFT has an extra log n) n* is found by bisection on log n; inf if
     2 eps > c still at n = 1e30.
     """
-    q = math.sqrt(math.log(4.0 / delta) / 2.0)
+    q = 3.0 * math.sqrt((math.log(6.0 / delta) + log_grid) / 2.0)
     if R_at is None:
         return ((2.0 * R * math.sqrt(n) + c * q) / c) ** 2
 
     def excess(m):
-        return 2.0 * epsilon(R_at(m), c, m, delta) - c
+        return 2.0 * epsilon(R_at(m), c, m, delta, log_grid) - c
 
     lo, hi = 0.0, 30.0 * math.log(10.0)
     if excess(math.exp(hi)) > 0:
@@ -305,11 +375,15 @@ class Terms:
     n_nonvacuous_K: float
     gap_new: Optional[float] = None  # observed |L_T(f_new) - L_S(f_new)|
     gap_J: Optional[float] = None    # observed |L_T(f_J) - L_S(f_J)|
+    heuristic: tuple = ()            # steps of eps_M, eps_K (and Delta_R) that are not theorems here
+    log_grid_M: float = 0.0          # the budgets' union-bound price inside eps_M, eps_K
+    log_grid_K: float = 0.0
 
     def routes(self, L_old: float) -> tuple["Route", "Route"]:
         """(route A, route B) at L(f_old) = L_old (or its proxy)."""
-        return (route_a(L_old, self.Delta_R_used, self.Delta_ERM, self.eps_M, self.hoeffding),
-                route_b(L_old, self.Delta_R_used, self.Delta_ERM, self.eps_M, self.eps_K))
+        return (route_a(L_old, self.Delta_R_used, self.Delta_ERM, self.eps_M, self.hoeffding,
+                        heuristic=self.heuristic + (ROUTE_A_HEURISTIC,)),
+                route_b(L_old, self.Delta_R_used, self.Delta_ERM, self.eps_M, self.eps_K, heuristic=self.heuristic))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -322,14 +396,17 @@ def make_terms(*, M: ComplexityTerm, K: ComplexityTerm, c: float, delta: float, 
     """Terms from the two complexity terms (M at f_new, K at f_J) and the measured gains."""
     n = int(n if n is not None else M.n)
     used, source = representational_gain(Delta_R, Delta_R_T, hoeffding_T)
-    eps_M, eps_K = epsilon(M.at(n), c, n, delta), epsilon(K.at(n), c, n, delta)
+    eps_M, eps_K = epsilon(M.at(n), c, n, delta, M.log_grid), epsilon(K.at(n), c, n, delta, K.log_grid)
+    heuristic = tuple(dict.fromkeys(M.heuristic + K.heuristic))
+    if source == "population":
+        heuristic += ("Delta_R is a Monte Carlo estimate on the population sample, used as if exact (review I7)",)
     return Terms(Delta_R=Delta_R, Delta_R_T=Delta_R_T, Delta_R_used=used, Delta_R_source=source,
                  Delta_ERM=float(Delta_ERM), R_M=M.at(n), R_K=K.at(n), eps_M=eps_M, eps_K=eps_K,
                  hoeffding=hoeffding(c, n, delta), c=c, delta=delta, n=n, bound_name=M.name,
                  vacuous_M=2.0 * eps_M >= c, vacuous_K=2.0 * eps_K >= c,
-                 n_nonvacuous_M=n_nonvacuous(M.at(n), c, n, delta, R_at=M.at),
-                 n_nonvacuous_K=n_nonvacuous(K.at(n), c, n, delta, R_at=K.at),
-                 gap_new=gap_new, gap_J=gap_J)
+                 n_nonvacuous_M=n_nonvacuous(M.at(n), c, n, delta, R_at=M.at, log_grid=M.log_grid),
+                 n_nonvacuous_K=n_nonvacuous(K.at(n), c, n, delta, R_at=K.at, log_grid=K.log_grid),
+                 gap_new=gap_new, gap_J=gap_J, heuristic=heuristic, log_grid_M=M.log_grid, log_grid_K=K.log_grid)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,11 +421,28 @@ class Route:
     steps: tuple         # ((label, value), ...): L(f_old), then signed increments, then the bound
     assumption: str
     cost: float          # what the gains must beat: 2(eps_M + eps_K) (B) or 2 eps_M + hoeffding (A)
+    heuristic: tuple = ()          # steps that are not theorems: then the verdict is never "certified"
+    arithmetic_verdict: str = ""   # what gain against cost alone says
+
+    @property
+    def valid(self) -> bool:
+        return not self.heuristic
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["steps"] = [list(s) for s in self.steps]
+        d["heuristic"] = list(self.heuristic)
+        d["valid"] = self.valid
         return d
+
+
+ROUTE_A_HEURISTIC = ("Hoeffding for f_J needs f_J independent of S; f_J = (theta_old, phi0 + eta* d) and "
+                     "theta_old was trained on S")
+
+
+def _gated(arithmetic: str, heuristic: tuple) -> str:
+    """A route certifies only from a valid bound: any heuristic step makes it "not_certified"."""
+    return arithmetic if not heuristic else "not_certified"
 
 
 def _verdict(gain: float, cost: float) -> str:
@@ -361,24 +455,29 @@ def _verdict(gain: float, cost: float) -> str:
     return "not_certified"
 
 
-def route_b(L_old: float, Delta_R: float, Delta_ERM: float, eps_M: float, eps_K: float) -> Route:
+def route_b(L_old: float, Delta_R: float, Delta_ERM: float, eps_M: float, eps_K: float,
+            heuristic: tuple = ()) -> Route:
     """Route B [paper]: L(f_new) <= L(f_old) - Delta_R - Delta_ERM + 2 (eps_M + eps_K).
 
     L(f_new) <= L_S(f_new) + 2 eps_M = L_S(f_J) - Delta_ERM + 2 eps_M <= L(f_J) + 2 eps_K - Delta_ERM
     + 2 eps_M, uniform over M and K (delta/2 each), so f_J may depend on S. Verdicts: strict iff
     Delta_R + Delta_ERM > 2 (eps_M + eps_K); no_worse iff Delta_R + Delta_ERM >= 2 (eps_M + eps_K)
     (bound <= L(f_old)), which with Delta_R = 0 is the paper's degenerate-regime condition
-    Delta_ERM >= 2 (eps_M + eps_K); otherwise not_certified.
+    Delta_ERM >= 2 (eps_M + eps_K); otherwise not_certified. With any `heuristic` step the verdict
+    is not_certified whatever the arithmetic (kept in `arithmetic_verdict`).
     """
     cost = 2.0 * (eps_M + eps_K)
     bound = L_old - Delta_R - Delta_ERM + cost
     steps = (("L(f_old)", L_old), ("- Delta_R", -Delta_R), ("- Delta_ERM", -Delta_ERM),
              ("+ 2 eps_M", 2.0 * eps_M), ("+ 2 eps_K", 2.0 * eps_K), ("bound on L(f_new)", bound))
-    return Route("B", bound, _verdict(Delta_R + Delta_ERM, cost), steps,
-                 "uniform over M and K: holds whatever f_J depends on (no Hoeffding transfer)", cost)
+    arithmetic = _verdict(Delta_R + Delta_ERM, cost)
+    return Route("B", bound, _gated(arithmetic, heuristic), steps,
+                 "uniform over M and K: holds whatever f_J depends on (no Hoeffding transfer)", cost,
+                 tuple(heuristic), arithmetic)
 
 
-def route_a(L_old: float, Delta_R: float, Delta_ERM: float, eps_M: float, hoeffding_term: float) -> Route:
+def route_a(L_old: float, Delta_R: float, Delta_ERM: float, eps_M: float, hoeffding_term: float,
+            heuristic: tuple = ()) -> Route:
     """Route A: L(f_new) <= L(f_old) - Delta_R - Delta_ERM + 2 eps_M + c sqrt(log(2/delta)/(2n)).
 
     The uniform step over K is replaced by Hoeffding for the single function f_J
@@ -389,9 +488,11 @@ def route_a(L_old: float, Delta_R: float, Delta_ERM: float, eps_M: float, hoeffd
     bound = L_old - Delta_R - Delta_ERM + cost
     steps = (("L(f_old)", L_old), ("- Delta_R", -Delta_R), ("- Delta_ERM", -Delta_ERM),
              ("+ 2 eps_M", 2.0 * eps_M), ("+ Hoeffding(f_J)", hoeffding_term), ("bound on L(f_new)", bound))
-    return Route("A", bound, _verdict(Delta_R + Delta_ERM, cost), steps,
+    arithmetic = _verdict(Delta_R + Delta_ERM, cost)
+    return Route("A", bound, _gated(arithmetic, heuristic), steps,
                  "f_J must be independent of S (here: chosen on the probe sample P with theta_old "
-                 "fixed; theta_old itself was fit on S, so this is an assumption, not a fact)", cost)
+                 "fixed; theta_old itself was fit on S, so this is an assumption, not a fact)", cost,
+                 tuple(heuristic), arithmetic)
 
 
 def tighter_route(a: Route, b: Route) -> tuple[str, str]:

@@ -26,6 +26,7 @@ class Stage:
     lip: float        # Lipschitz factor (LayerNorm: on points whose pre-norm variance is >= the min on S)
     peels: int        # factor-2 peeling steps it costs in GRS (ReLU and LayerNorm layers)
     note: str
+    budgets: tuple = ()   # the norms whose product (with 1 + ...) makes `grs`: rounded up on a grid
 
 
 @dataclass
@@ -52,6 +53,7 @@ class Net:
     B_h: float                # sqrt(w) (mlp) or max ||features|| on S (resnet)
     B_h_measured: bool
     n: int
+    x_rms_aug: float = 0.0    # sqrt(mean over S of ||x||^2 + the constant input): GRS's empirical form
 
 
 def describe(model: nn.Module, x_S: torch.Tensor, reference: Optional[nn.Module], batch_size: int) -> Net:
@@ -107,7 +109,7 @@ def _describe_mlp(model: MLP, x_S, ref, batch_size) -> Net:
     A, M = _affine(model.stem), _affine(_sub(ref, "stem"))
     s, inv = _spec(model.stem.weight), ln_factor("stem")
     stages.append(Stage("stem", _spec(A) * inv, s * inv, 1,
-                         f"Linear then LayerNorm; 1/sqrt(min var + eps) = {inv:.4g} on S"))
+                         f"Linear then LayerNorm; 1/sqrt(min var + eps) = {inv:.4g} on S", (_spec(A),)))
     weights.append(WeightLayer("stem", 0, _dist21(A, M), s, sq["stem"] + n, inv, tuple(A.shape[::-1])))
     for l, blk in enumerate(model.blocks):
         name = f"blocks.{l}"
@@ -116,7 +118,8 @@ def _describe_mlp(model: MLP, x_S, ref, batch_size) -> Net:
         s1, s2, inv = _spec(blk.w1.weight), _spec(blk.w2.weight), ln_factor(name)
         k = len(stages)
         stages.append(Stage(name, (1.0 + _spec(A2) * frobenius(A1)) * inv, (1.0 + s1 * s2) * inv, 2,
-                             f"N(h + W2 relu(W1 h + b1) + b2); 1/sqrt(min var + eps) = {inv:.4g} on S"))
+                             f"N(h + W2 relu(W1 h + b1) + b2); 1/sqrt(min var + eps) = {inv:.4g} on S",
+                             (_spec(A2), frobenius(A1))))
         weights.append(WeightLayer(f"{name}.w1", k, _dist21(A1, M1), s1, sq[f"{name}.w1"] + n, s2 * inv,
                                tuple(A1.shape[::-1])))
         weights.append(WeightLayer(f"{name}.w2", k, _dist21(A2, M2), s2, sq[f"{name}.w2"] + n, inv,
@@ -125,7 +128,8 @@ def _describe_mlp(model: MLP, x_S, ref, batch_size) -> Net:
     return Net(stages, weights, model.head.weight.detach().double(), model.head.bias.detach().double(),
                 head_ref if head_ref is not None else torch.zeros(model.head.out_features, model.head.in_features + 1,
                                                                   dtype=torch.float64, device=A.device),
-                sq["head"] + n, B_x, math.sqrt(B_x ** 2 + 1.0), math.sqrt(model.head.in_features), False, n)
+                sq["head"] + n, B_x, math.sqrt(B_x ** 2 + 1.0), math.sqrt(model.head.in_features), False, n,
+                math.sqrt(sq["stem"] / n + 1.0))
 
 
 @torch.no_grad()
@@ -166,20 +170,22 @@ def _describe_resnet(model: ResNet, x_S, ref, batch_size) -> Net:
         return c, c.dist21(r), c.patches * sq[name] + n * c.out_positions
 
     c, dist, x_sq = conv_terms("stem", conv, bn)
-    stages.append(Stage("stem", c.frob_unrolled, c.spec, 1, "conv3x3-BN-ReLU (unrolled Frobenius norm)"))
+    stages.append(Stage("stem", c.frob_unrolled, c.spec, 1, "conv3x3-BN-ReLU (unrolled Frobenius norm)",
+                        (c.frob_unrolled,)))
     weights.append(WeightLayer("stem", 0, dist, c.spec, x_sq, 1.0, c.dims))
     for l, blk in enumerate(model.blocks):
         name = f"blocks.{l}"
         k = len(stages)
         c1, d1, x1 = conv_terms(f"{name}.conv1", blk.conv1, blk.bn1)
         c2, d2, x2 = conv_terms(f"{name}.conv2", blk.conv2, blk.bn2)
-        grs_sc, lip_sc, sc_note = 1.0, 1.0, "identity shortcut"
+        grs_sc, lip_sc, sc_note, sc_budget = 1.0, 1.0, "identity shortcut", ()
         if not isinstance(blk.shortcut, nn.Identity):
             cs, ds, xs = conv_terms(f"{name}.shortcut", blk.shortcut[0], blk.shortcut[1])
-            grs_sc, lip_sc, sc_note = cs.spec_aug, cs.spec, "1x1 conv + BN shortcut"
+            grs_sc, lip_sc, sc_note, sc_budget = cs.spec_aug, cs.spec, "1x1 conv + BN shortcut", (cs.spec_aug,)
             weights.append(WeightLayer(f"{name}.shortcut", k, ds, cs.spec, xs, 1.0, cs.dims))
         stages.append(Stage(name, grs_sc + c2.spec_aug * c1.frob_unrolled, lip_sc + c1.spec * c2.spec, 2,
-                             f"ReLU(shortcut(h) + BN2 conv2 ReLU(BN1 conv1 h)); {sc_note}"))
+                             f"ReLU(shortcut(h) + BN2 conv2 ReLU(BN1 conv1 h)); {sc_note}",
+                             sc_budget + (c2.spec_aug, c1.frob_unrolled)))
         weights.append(WeightLayer(f"{name}.conv1", k, d1, c1.spec, x1, c2.spec, c1.dims))
         weights.append(WeightLayer(f"{name}.conv2", k, d2, c2.spec, x2, 1.0, c2.dims))
     H, W = hw["pool"]
@@ -191,7 +197,8 @@ def _describe_resnet(model: ResNet, x_S, ref, batch_size) -> Net:
                 head_ref if head_ref is not None else torch.zeros(model.head.out_features, model.head.in_features + 1,
                                                                   dtype=torch.float64,
                                                                   device=model.head.weight.device),
-                sq["head"] + n, B_x, math.sqrt(B_x ** 2 + Hx * Wx), B_h, True, n)
+                sq["head"] + n, B_x, math.sqrt(B_x ** 2 + Hx * Wx), B_h, True, n,
+                math.sqrt(sq["stem"] / n + Hx * Wx))
 
 
 def _conv_bn_modules(model: nn.Module, name: str) -> tuple[nn.Conv2d, nn.BatchNorm2d]:

@@ -1,0 +1,140 @@
+"""The "certify" step of a run: the headline differences, the hold-out paired certificates, the
+PAC-Bayes route for the new block, and the norm-based routes, as one `certificates` section
+(theory.md 8b; THEORY.md 8b). Runs after fine-tuning; reads the run's models, never trains them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Optional
+
+import torch
+
+from ..core.config import RunConfig
+from ..core.data import Split, TaskData
+from ..core.models import build_model, insert_block
+from ..core.train import train
+from ..theory.bounds import loss_bound
+from ..theory.certificates import certificate_from_losses, paired_difference, sample_losses
+from ..theory.pacbayes import pac_bayes_block
+
+CERT_CHUNK = 16384        # points per chunk of the fresh certification sample (memory: images)
+PAC_POP = 32768           # fresh points for the observed risk of the PAC-Bayes posterior
+PAIRS = (("old", "f_J", "L(f_J) < L(f_old)", "f_J and f_old"),
+         ("old", "new", "L(f_new) < L(f_old)", "f_new and f_old"),
+         ("control", "new", "L(f_new) < L(control)", "f_new and the control"))
+HEADLINE = (("new", "L(f_new) - L(f_old)"), ("f_J", "L(f_J) - L(f_old)"), ("control", "L(control) - L(f_old)"))
+
+
+def certification_sample(cfg: RunConfig, data: TaskData) -> tuple[list[Split], str]:
+    """Synthetic tasks: a fresh draw of m_cert points (seeded, never used for any choice), in
+    chunks. Real data: the test sample T (nothing is chosen on T)."""
+    if data.sampler is None:
+        return [data.T], f"the test sample T ({len(data.T)} points)"
+    g = torch.Generator().manual_seed(cfg.seed + 20_011)
+    chunks, left = [], cfg.m_cert
+    while left > 0:
+        k = min(CERT_CHUNK, left)
+        chunks.append(Split(*data.sampler(k, g)))
+        left -= k
+    return chunks, f"a fresh sample of m_cert = {cfg.m_cert} points"
+
+
+def headline(models: dict, data: TaskData, population: Optional[Split]) -> dict:
+    """Did expansion lower the risk? L(f) - L(f_old) for f_new, f_J and the control, paired on one
+    sample (population on synthetic tasks, T on real data), with standard errors."""
+    sample, risk = (population, "L") if population is not None else (data.T, "L_T")
+    losses = {name: sample_losses(model, sample) for name, model in models.items()}
+    rows = []
+    for name, label in HEADLINE:
+        diff, se = paired_difference(losses["old"], losses[name])
+        rows.append({"model": name, "label": label.replace("L(", f"{risk}(") if risk != "L" else label,
+                     "difference": diff, "se": se, "lower": diff < -2 * se, "higher": diff > 2 * se})
+    return {"risk": risk, "m": len(sample), "rows": rows,
+            "sample": "population sample" if population is not None else "test sample T"}
+
+
+def holdout_certificates(cfg: RunConfig, data: TaskData, models: dict) -> dict:
+    """The three pairs at delta/3 each (union bound), on the certification sample."""
+    chunks, where = certification_sample(cfg, data)
+    ranges = {name: loss_bound(model, data.S.x, cfg.arch) for name, model in models.items()}
+    losses = {name: sample_losses(model, chunks) for name, model in models.items()}
+    each = cfg.delta / len(PAIRS)
+    pairs = []
+    for a, b, statement, who in PAIRS:
+        cert = certificate_from_losses(losses[a], losses[b], each, (ranges[a]["c"], ranges[b]["c"]), statement)
+        pairs.append(cert.to_dict() | {"a": a, "b": b, "model": f"{who} (deterministic)"})
+    measured = any(r["B_h_measured"] for r in ranges.values())
+    return {"sample": where, "m": int(sum(len(c) for c in chunks)), "delta": cfg.delta, "delta_each": each,
+            "loss_range": {name: r["c"] for name, r in ranges.items()}, "range_measured": measured,
+            "range_note": ("c bounds every loss on every input (mlp: ||h|| <= sqrt(w) after the last "
+                           "LayerNorm), so the claim is about the loss itself" if not measured else
+                           "c uses B_h measured on S: the claim is about the loss clipped at c, min(l, c)"),
+            "pairs": pairs}
+
+
+def pac_bayes_route(cfg: RunConfig, data: TaskData, population: Optional[Split], **kw) -> dict:
+    """Split S: theta_old' on the first half S_a, the new block on S_b (the PAC-Bayes bound's
+    sample), prior N(phi0, sigma^2 I) fixed by theta_old' and the seed. A re-run of the
+    expansion on the split, not the run's own f_new (which saw all of S)."""
+    if cfg.arch != "mlp":
+        return {"available": False, "note": "the PAC-Bayes route is implemented for the mlp only"}
+    n_a = len(data.S) // 2
+    S_a, S_b = Split(data.S.x[:n_a], data.S.y[:n_a]), Split(data.S.x[n_a:], data.S.y[n_a:])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed + 30_011)
+        old_a = build_model(cfg, data.input_shape, data.num_classes).to(data.S.x.device)
+    outcome = train(old_a, dataclasses.replace(data, S=S_a), cfg, phase="pac_bayes_base", epochs=cfg.epochs,
+                    seed=cfg.seed + 2)
+    if outcome.status != "done":
+        return {"available": False, "note": f"training theta_old on S_a ended as {outcome.status}"}
+    new_a, _ = insert_block(old_a, cfg.position, S_a.x, S_a.y, seed=cfg.seed)
+    pop = Split(population.x[:PAC_POP], population.y[:PAC_POP]) if population is not None else None
+    out = pac_bayes_block(new_a, cfg.position, S_b, cfg.delta, lr=cfg.lr, seed=cfg.seed, population=pop, **kw)
+    return out | {"available": True, "n_a": n_a}
+
+
+def summary(result: dict, holdout: dict, pac: dict) -> dict:
+    """Every certificate as one row (bound, verdict, what it certifies, where it would certify),
+    and the tightest: the smallest slack, bound minus the observed value of what it bounds."""
+    rows = []
+    for p in holdout["pairs"]:
+        rows.append({"name": f"hold-out {p['statement']}", "kind": "hold-out paired", "certifies": p["statement"],
+                     "model": p["model"], "stochastic": False, "bounds": f"{p['statement'].split(' < ')[0]} - "
+                     f"{p['statement'].split(' < ')[1]}", "bound": p["ucb"], "observed": p["mean"],
+                     "slack": p["ucb"] - p["mean"], "certified": p["certified"], "valid": True,
+                     "would_certify_at": {"m": p["m_to_certify"]}})
+    if pac.get("available"):
+        observed = pac.get("L_pop_Q_smoothed", pac["L_Sb_mc"])
+        rows.append({"name": "PAC-Bayes new block", "kind": "PAC-Bayes", "certifies": "L(Q_new) < log K",
+                     "model": "Q_new: the expanded model with a Gaussian new block (stochastic), re-trained on "
+                              "the S_a / S_b split", "stochastic": True, "bounds": "L(Q_new), smoothed CE",
+                     "bound": pac["bound"], "observed": observed, "slack": pac["bound"] - observed,
+                     "certified": pac["informative"], "valid": True,
+                     "would_certify_at": {"n_b": pac.get("n_b_to_certify")}})
+    new = result.get("new", {})
+    L_new = new.get("L_pop") if new.get("L_pop") is not None else new.get("L_T")
+    terms = result.get("terms", {})
+    for key, route in (result.get("routes") or {}).items():
+        if key not in ("A", "B"):
+            continue
+        rows.append({"name": f"route {key} (norm-based, {terms.get('bound_name', '')})", "kind": "norm-based route",
+                     "certifies": "L(f_new) < L(f_old)", "model": "f_new (deterministic)", "stochastic": False,
+                     "bounds": "L(f_new)", "bound": route["bound"], "observed": L_new,
+                     "slack": route["bound"] - L_new if L_new is not None else None,
+                     "certified": route["verdict"] in ("strict", "no_worse"), "valid": route.get("valid", False),
+                     "would_certify_at": {"n_nonvacuous": max(v for v in (terms.get("n_nonvacuous_M"), terms.get("n_nonvacuous_K"))
+                                                   if v is not None) if terms else None}})
+    scored = [r for r in rows if r["slack"] is not None and math.isfinite(r["slack"])]
+    tightest = min(scored, key=lambda r: r["slack"]) if scored else None
+    return {"items": rows, "tightest": tightest["name"] if tightest else None,
+            "tightest_reason": (f"smallest slack (bound minus the observed value of what it bounds): "
+                                f"{tightest['slack']:.4g}") if tightest else ""}
+
+
+def certify(cfg: RunConfig, data: TaskData, population: Optional[Split], models: dict, result: dict) -> dict:
+    """{"headline": ..., "certificates": {...}} for result.json. `models`: old, new, control, f_J."""
+    holdout = holdout_certificates(cfg, data, models)
+    pac = pac_bayes_route(cfg, data, population)
+    return {"headline": headline(models, data, population),
+            "certificates": {"holdout": holdout, "pac_bayes": pac} | summary(result, holdout, pac)}
