@@ -149,7 +149,7 @@ def guarantees(cfg: RunConfig, data, population, old, f_J, new, phi0, result: di
     terms = make_terms(M=M, K=K, c=c, delta=cfg.delta, Delta_ERM=r_J["L_S"] - r_new["L_S"],
                        Delta_R=jump["Delta_R"], Delta_R_T=jump["Delta_R_T"],
                        hoeffding_T=jump["Delta_R_T_hoeffding"], gap_new=abs(r_new["L_T"] - r_new["L_S"]),
-                       gap_J=abs(r_J["L_T"] - r_J["L_S"]), n=cfg.n)
+                       gap_J=abs(r_J["L_T"] - r_J["L_S"]), n=cfg.n, Delta_R_se=jump["Delta_R_se"])
     L_old = result["old"]["L_pop"] if population is not None else result["old"]["L_T"]
     route_A, route_B = terms.routes(L_old)
     tighter, reason = tighter_route(route_A, route_B)
