@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from resx.core.data import Split
 from resx.core.models import ResNet, candidate_block, insert_block
 from resx.theory.jumpboard import (jumpboard_path, mean_loss, one_sided_slope, set_live_, steepest_on)
-from resx.theory.kink import (KinkSample, best_of_positions, channel_minimum, channel_value, descent_test,
+from resx.theory.kink import (KinkSample, best_of_positions, channel_minimum, channel_value, descent_test, split_halves,
                               steepest_direction)
 from resx.theory.margins import descent_tests, normalised_branch
 
@@ -164,3 +164,22 @@ def test_no_descent_direction_gives_a_one_point_jumpboard_with_a_note():
     assert jb.eta == 0.0 and len(jb.curve) == 1 and not jb.descent_observable
     assert "no one-sided descent direction" in jb.note
     assert jb.to_dict()["note"] == jb.note
+
+
+def test_margins_and_jumpboard_test_the_same_direction_on_the_same_halves():
+    """resnet, float64: the one-pass closed form (old model's hooks, margins.descent_tests) and the expanded model's hooks (jumpboard.steepest_on) give the same d_hat, D_P1(d_hat), D_P2(d_hat) and se at every position."""
+    model, x, y = small_model("resnet")
+    P = Split(x, y)
+    positions = list(range(len(model.blocks) + 1))
+    candidates = {k: candidate_block(model, k, x, seed=0) for k in positions}
+    tests = descent_tests(model, P, positions, candidates, 0.05, seed=3)
+    P1, P2 = split_halves(P, 3)
+    for k in positions:
+        f_new, _ = insert_block(model, k, x, y, block=candidates[k])
+        other = steepest_on(f_new, k, P1, P2, 0.05)
+        a, b = tests[k], other
+        assert a.slope_in == pytest.approx(b.slope_in, rel=1e-9)
+        assert a.slope_cross == pytest.approx(b.slope_cross, rel=1e-9, abs=1e-15)
+        assert a.se == pytest.approx(b.se, rel=1e-9)
+        for n in a.direction:
+            torch.testing.assert_close(a.direction[n], b.direction[n])

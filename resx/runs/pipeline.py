@@ -105,9 +105,11 @@ def run_pipeline(cfg: RunConfig, sink: RecordSink = discard, cancel: Optional[th
     result["insertion"] = report.to_dict()
     lap("insert")
 
-    # jumpboard: direction on P1, step on P2 (with no descent direction on P1: f_J = f_new, and a note)
+    # jumpboard: direction on P1, step on P2 (with no descent direction on P1: f_J = f_new, and a note).
+    # The curve's L uses the live curves' population slice; Delta_R (guarantees) uses all n_pop points.
     sink(Record("jumpboard", 0, "", "progress", 0.0))
-    jump = jumpboard_path(new, cfg.position, data.S, data.P, data.T, population, seed=cfg.seed, delta=cfg.delta)
+    jump = jumpboard_path(new, cfg.position, data.S, data.P, data.T, evaluator.population, seed=cfg.seed,
+                          delta=cfg.delta)
     f_J = jump.model
     result["jumpboard"] = jump.to_dict()
     sink(Record("jumpboard", 0, "", "progress", 1.0))
