@@ -60,7 +60,7 @@ def test_presets_lists_every_preset():
     """`presets` prints every preset with its configuration as JSON."""
     proc = _resx("presets")
     assert proc.returncode == 0
-    for name in ("demo-mlp", "demo-resnet", "cifar10-resnet8", "cifar100-resnet8"):
+    for name in ("demo-mlp", "mechanism-resnet", "demo-resnet", "cifar10-resnet8", "cifar100-resnet8"):
         assert name in proc.stdout
 
 
