@@ -99,9 +99,10 @@ def _check_theory_keys(result, cfg):
     assert abs(t["Delta_R"] - (L_old - result["f_J"]["L_pop"])) < 1e-6   # paired on one population sample
     assert abs(t["Delta_ERM"] - (result["f_J"]["L_S"] - result["new"]["L_S"])) < 1e-9
     A, B = result["routes"]["A"], result["routes"]["B"]
-    base = L_old - t["Delta_R"] - t["Delta_ERM"]
+    assert t["Delta_R_used"] <= t["Delta_R"] and "Monte Carlo" in t["Delta_R_source"]   # review I7
+    base = L_old - t["Delta_R_used"] - t["Delta_ERM"]
     assert abs(A["bound"] - (base + 2 * t["eps_M"] + t["hoeffding"])) <= 1e-9 * abs(A["bound"])
     assert abs(B["bound"] - (base + 2 * (t["eps_M"] + t["eps_K"]))) <= 1e-9 * abs(B["bound"])
     for route in (A, B):
-        gain, cost = t["Delta_R"] + t["Delta_ERM"], route["cost"]
+        gain, cost = t["Delta_R_used"] + t["Delta_ERM"], route["cost"]
         assert route["verdict"] == ("strict" if gain > cost else "not_certified" if gain < cost else "no_worse")
