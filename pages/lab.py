@@ -96,10 +96,12 @@ def live():
         st.subheader("Function preservation")
         ui.preservation_badge(result, snap.records)
         st.subheader("Jumpboard line search")
-        if "jumpboard" in result:
+        if result.get("jumpboard"):
             st.plotly_chart(shared_figure(run_id, version, "jumpboard", lambda: plots.jumpboard_curve(result["jumpboard"])),
                             key="jumpboard")
-            st.caption("Direction and step chosen on the probe sample P only. " + ui.theory_link("6-jumpboard"))
+            st.caption("Direction chosen on half P1 of the probe sample, step on half P2. " + ui.theory_link("6-jumpboard"))
+        if "jumpboard" in result:
+            ui.jumpboard_note(result)
         else:
             st.caption("Appears when the run reaches the jumpboard step.")
 

@@ -129,6 +129,17 @@ def summary(result: dict) -> dict:
             keep[name] = {k: v for k, v in result[name].items() if v is not None}
     if "insertion" in result:
         keep["insertion"] = {k: result["insertion"][k] for k in ("position", "max_abs_logit_diff", "preserved")}
+    position = result.get("config", {}).get("position")
+    at = next((m for m in result.get("margins") or [] if m["position"] == position), None)
+    if at is not None:   # theory.md 4b: two different claims at the inserted position
+        keep["descent"] = {"position": position, "gradient_nonzero": at["observed"],
+                           **{k: at.get(k) for k in ("descent_observable", "slope_cross", "slope_cross_se",
+                                                     "slope_cross_ucb")}}
+    if result.get("jumpboard"):
+        jump = result["jumpboard"]
+        keep["jumpboard"] = {"eta": jump["eta"], "note": jump.get("note") or None}
+    if result.get("terms") and result["terms"].get("Delta_R") is not None:
+        keep["Delta_R"] = {"value": result["terms"]["Delta_R"], "se": result["terms"].get("Delta_R_se")}
     for key in ("routes",):
         if key in result:
             keep[key] = result[key]

@@ -37,11 +37,36 @@ def test_lab_runs_the_default_preset_and_draws_every_panel(app_home):
     at.run()
     assert not at.exception
     text = " ".join(m.value for m in at.markdown)
-    assert "preserved" in text and "descent condition" in text
+    assert "preserved" in text and "gradient nonzero" in text.replace("not shown nonzero", "nonzero")
+    assert "descent observable" in text or "descent not observable" in text
     assert "Did expansion lower the risk?" in text and "beat the control" not in text
     assert len(at.get("metric")) >= 6 and at.table        # margins (3) and the headline (3); the certificates table
     assert len(at.get("plotly_chart")) >= 5
     assert at.query_params["preset"] in ("demo-mlp", ["demo-mlp"])
+
+
+def test_lab_shows_a_run_without_a_jumpboard_and_says_what_eta_zero_means(app_home):
+    """A finished run whose jumpboard is None (G_P1 = 0 in an older result) and one with eta* = 0 and a note both draw without an exception (review B2); the note is on screen."""
+    from resx.core.config import PRESETS
+    from resx.runs.store import Store
+
+    config = PRESETS["demo-resnet"].to_dict()
+    note = "No step along the P1 direction lowered L_P2: eta* = 0, so f_J = f_new and Delta_R = 0 exactly."
+    curve = [{"eta": 0.0, "L_S": 1.0, "L_P": 1.0, "L_T": 1.0, "L_pop": None, "L_pop_se": None,
+              "first_order": 1.0, "quadratic": None}]
+    with Store(app_home) as store:
+        ids = []
+        for jump in (None, {"eta": 0.0, "curve": curve, "note": note, "slope_P": 0.01}):
+            run_id = store.create_run(config, source="cli")
+            store.set_result(run_id, {"status": "done", "jumpboard": jump, "jumpboard_note": "G_P = 0"})
+            store.set_status(run_id, "done")
+            ids.append(run_id)
+    for run_id, expected in zip(ids, ("No jumpboard", "No step along the P1 direction")):
+        at = AppTest.from_file("../pages/lab.py", default_timeout=TIMEOUT)
+        at.query_params["run"] = run_id
+        at.run()
+        assert not at.exception, at.exception
+        assert any(expected in m.value for m in at.info), [m.value for m in at.info]
 
 
 def test_lab_rejects_a_bad_configuration_with_a_clear_message(app_home):

@@ -125,6 +125,15 @@ def test_representational_gain_prefers_the_population_margin():
 # ---------------------------------------------------------------------------------------------
 # eps, vacuity, n_nonvacuous
 
+def test_a_monte_carlo_delta_r_within_its_error_certifies_nothing():
+    """Review I7: Delta_R = 3e-3 with a Monte Carlo se of 2e-3 against a cost of 2e-3: the point estimate would certify strict improvement; with its se the gain used is below the cost and below Delta_R, so route B certifies nothing. With a negligible se the verdict returns."""
+    used, source = representational_gain(3e-3, None, None, Delta_R_se=2e-3, delta=0.05)
+    assert used < 2e-3 < 3e-3 and "lower bound" in source
+    assert route_b(1.0, used, 0.0, 5e-4, 5e-4).verdict == "not_certified"
+    sharp, _ = representational_gain(3e-3, None, None, Delta_R_se=1e-6, delta=0.05)
+    assert route_b(1.0, sharp, 0.0, 5e-4, 5e-4).verdict == "strict"
+
+
 def _mcdiarmid_width(c, n, tail):
     """The t with exp(-2 n t^2 / c^2) = tail, by bisection on the tail itself (not the closed form)."""
     lo, hi = 0.0, 10.0 * c

@@ -15,6 +15,7 @@ ANY_VALUE = st.one_of(st.none(), st.booleans(), st.integers(-10**9, 10**9),
 def test_presets_are_valid_and_round_trip():
     """Every preset validates, and to_dict/from_dict gives back an equal configuration."""
     assert "demo-mlp" in PRESETS and "demo-resnet" in PRESETS
+    assert list(PRESETS)[:2] == ["demo-mlp", "mechanism-resnet"]   # the Lab's first two choices
     assert {"cifar10-resnet8", "cifar100-resnet8"} <= set(PRESETS)
     for cfg in PRESETS.values():
         assert RunConfig.from_dict(cfg.to_dict()) == cfg

@@ -77,3 +77,44 @@ def test_cosine_schedule_runs_from_lr_to_zero():
     assert lr_at(0, 100, cfg) == 0.2
     assert abs(lr_at(50, 100, cfg) - 0.1) < 1e-12 and lr_at(100, 100, cfg) < 1e-12
     assert lr_at(70, 100, cfg.replace(schedule="constant")) == 0.2
+
+
+def test_block_finetuning_leaves_every_old_parameter_and_buffer_bit_identical():
+    """finetune="block" on a resnet: every tensor of the old layers (BatchNorm running statistics and counters included) is bit-identical after training, while the new block has moved (review B3)."""
+    from resx.core.models import insert_block, new_block_parameter_names
+
+    cfg = RunConfig(dataset="shapes", arch="resnet", depth=1, width=4, n=256, n_probe=8, n_test=8, n_pop=256,
+                    optimizer="sgd", lr=0.05, batch_size=64, device="cpu")
+    data = load_data(cfg, torch.device("cpu"))
+    torch.manual_seed(0)
+    old = build_model(cfg, data.input_shape, data.num_classes)
+    train(old, data, cfg, phase="base", epochs=1)
+    k = 2
+    new, _ = insert_block(old, k, data.S.x, data.S.y, seed=0)
+    before = {n: t.clone() for n, t in new.state_dict().items()}
+    names = set(new_block_parameter_names(new, k))
+    train(new, data, cfg, phase="new", epochs=1, params=[p for n, p in new.named_parameters() if n in names])
+    after = new.state_dict()
+    prefix = f"blocks.{k}."
+    old_keys = [n for n in before if not n.startswith(prefix)]
+    assert any("running_mean" in n for n in old_keys) and any("num_batches_tracked" in n for n in old_keys)
+    changed = [n for n in old_keys if not torch.equal(before[n], after[n])]
+    assert changed == []
+    assert not torch.equal(before[prefix + "bn2.weight"], after[prefix + "bn2.weight"])
+
+
+def test_risks_are_float32_even_inside_an_autocast_region():
+    """per_sample_losses evaluates outside autocast: inside a bf16 autocast region (as the training loop is on CUDA) it returns the float32 losses bit for bit, while a bf16 forward differs (review B1)."""
+    from resx.core.train import per_sample_losses
+
+    cfg = RunConfig(n=512, n_probe=8, n_test=8, n_pop=256, width=32, device="cpu")
+    data = load_data(cfg, torch.device("cpu"))
+    torch.manual_seed(0)
+    model = build_model(cfg, data.input_shape, data.num_classes).eval()
+    plain, _ = per_sample_losses(model, data.S.x, data.S.y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside, _ = per_sample_losses(model, data.S.x, data.S.y)
+        with torch.no_grad():
+            bf16 = torch.nn.functional.cross_entropy(model(data.S.x).float(), data.S.y, reduction="none")
+    assert inside.dtype == torch.float32 and torch.equal(inside, plain)
+    assert not torch.equal(bf16, plain)

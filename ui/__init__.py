@@ -6,11 +6,12 @@ Imports point one way: pages -> ui -> resx.
 """
 from .form import config_form, config_from_url, config_to_url, ints, upload_panel
 from .route_panels import certificates_panel, headline_panel, routes_panel
-from .run_panels import PHASE_LABELS, margin_panel, preservation_badge, status_banner
+from .run_panels import PHASE_LABELS, jumpboard_note, margin_panel, preservation_badge, status_banner
 from .state import MANAGERS, TASK_RUNNERS, caps, get_manager, get_tasks, operator_setting
 from .task_panels import task_panel
 from .text import fmt, plain, theory_link
 
-__all__ = ["MANAGERS", "PHASE_LABELS", "TASK_RUNNERS", "caps", "certificates_panel", "config_form", "config_from_url", "config_to_url",
-           "fmt", "get_manager", "get_tasks", "headline_panel", "ints", "margin_panel", "operator_setting", "plain",
+__all__ = ["MANAGERS", "PHASE_LABELS", "TASK_RUNNERS", "caps", "certificates_panel", "config_form", "config_from_url",
+           "config_to_url", "fmt", "get_manager", "get_tasks", "headline_panel", "ints", "jumpboard_note", "margin_panel",
+           "operator_setting", "plain",
            "preservation_badge", "routes_panel", "status_banner", "task_panel", "theory_link", "upload_panel"]

@@ -22,7 +22,9 @@ def status_banner(container, snap):
 
 
 def margin_panel(result: dict, config: dict):
-    """The chosen position's margin estimates with their one-sided bounds and the 'observed' badge."""
+    """The chosen position's margin estimates, and two badges that are different claims (theory.md 4b):
+    "gradient nonzero" (U_P's lower bound above 0) and "descent observable" (the P1 direction's
+    one-sided slope on P2 has its upper bound below 0)."""
     margins = result.get("margins")
     if not margins:
         return
@@ -32,17 +34,47 @@ def margin_panel(result: dict, config: dict):
     m = next((m for m in margins if m["position"] == chosen), None)
     if m is None:
         return
-    badge = ":green-badge[descent condition observed]" if m["observed"] else ":orange-badge[descent condition not observed]"
-    st.markdown(f"Position **{chosen}**: {badge}")
-    cols = st.columns(3)
+    nonzero = ":green-badge[gradient nonzero]" if m["observed"] else ":orange-badge[gradient not shown nonzero]"
+    if m.get("descent_observable") is None:
+        descent = ":gray-badge[descent not tested]"
+    elif m["descent_observable"]:
+        descent = ":green-badge[descent observable]"
+    else:
+        descent = ":orange-badge[descent not observable]"
+    st.markdown(f"Position **{chosen}**: {nonzero} {descent}")
+    cols = st.columns(4)
     cols[0].metric("U_P (probe)", fmt(m["kappa2_U"], digits=3), help="one-sided lower bound " + fmt(m.get("kappa2_U_lcb")))
     cols[0].caption(f"± {fmt(m['kappa2_U_se'], digits=2)} (1 SE)")
-    cols[1].metric("||G_S||^2 (training)", fmt(m["kappa2_train_naive"], digits=3))
-    cols[2].metric("kappa^2 (population)", fmt(m.get("kappa2_pop"), digits=3))
+    if m.get("slope_cross") is not None:
+        cols[1].metric("D_P2(d_hat) (slope)", fmt(m["slope_cross"], digits=3),
+                       help="upper confidence bound " + fmt(m.get("slope_cross_ucb")))
+        cols[1].caption(f"± {fmt(m.get('slope_cross_se'), digits=2)} (1 SE)")
+    cols[2].metric("||G_S||^2 (training)", fmt(m["kappa2_train_naive"], digits=3))
+    cols[3].metric("kappa^2 (population)", fmt(m.get("kappa2_pop"), digits=3))
     if m.get("kappa2_pop_se") is not None:
-        cols[2].caption(f"± {fmt(m['kappa2_pop_se'], digits=2)} (1 SE)")
-    st.caption("Observed means the one-sided lower confidence bound of U_P is above 0. The training margin is "
-               "smaller because the old model was fit on S. " + theory_link("4-descent-margins"))
+        cols[3].caption(f"± {fmt(m['kappa2_pop_se'], digits=2)} (1 SE)")
+    best = result.get("descent_best_position")
+    multiple = ""
+    if best and best.get("position") is not None:
+        multiple = (f" Best of {best['positions']} positions, each tested at delta/{best['positions']} (Bonferroni): "
+                    f"position {best['position']}, descent {'observable' if best['observable'] else 'not observable'}.")
+    st.caption("Gradient nonzero: the lower confidence bound of U_P (an estimate of ||G||^2) is above 0. Descent "
+               "observable: the steepest one-sided direction chosen on half P1 of the probe sample still descends "
+               "on the other half P2 (upper confidence bound of its slope below 0). For the resnet the block sits "
+               "at a ReLU kink, so a nonzero gradient does not mean that any direction descends." + multiple
+               + " The training margin is smaller because the old model was fit on S. "
+               + theory_link("4b-descent-at-a-relu-kink-resnet"))
+
+
+def jumpboard_note(result: dict):
+    """What the jumpboard found, in words, when eta* = 0 or when P1 gave no direction (theory.md 4b)."""
+    jump = result.get("jumpboard")
+    if jump is None:
+        if "jumpboard_note" in result:
+            st.info(f"No jumpboard: {result['jumpboard_note']}")
+        return
+    if jump.get("note"):
+        st.info(jump["note"])
 
 
 def preservation_badge(result: dict, records):

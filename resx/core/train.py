@@ -1,8 +1,10 @@
 """One training loop for the old model, the expanded model and the control; risk evaluation.
 
 The loop emits `Record`s through a sink, checks a cancel flag every batch, and ends as
-`diverged` (with the step and the loss) when the loss goes non-finite. On CUDA it runs under
-bf16 autocast; on the CPU a seed makes a run reproducible.
+`diverged` (with the step and the loss) when the loss goes non-finite. On CUDA the training steps
+run under bf16 autocast; every risk (and so every paired difference) is evaluated in float32
+outside autocast, since the differences resx reports are 1e-3 to 1e-5 and bf16 keeps 8 mantissa
+bits. On the CPU a seed makes a run reproducible.
 """
 from __future__ import annotations
 
@@ -50,12 +52,13 @@ class Risk:
 @torch.no_grad()
 def per_sample_losses(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                       batch_size: int = EVAL_BATCH) -> tuple[torch.Tensor, torch.Tensor]:
-    """l(f(x_i), y_i) and correctness for every i, eval mode, float32: (m,), (m,)."""
+    """l(f(x_i), y_i) and correctness for every i, eval mode, float32 (autocast off, even inside
+    an autocast region: risks are differenced, theory.md 6): (m,), (m,)."""
     was = model.training
     model.eval()
     losses, correct = [], []
     for i in range(0, len(x), batch_size):
-        with _autocast(x.device):
+        with torch.autocast(x.device.type, enabled=False):
             logits = model(x[i:i + batch_size])
         logits = logits.float()
         losses.append(F.cross_entropy(logits, y[i:i + batch_size], reduction="none"))
@@ -155,7 +158,7 @@ def train(model: nn.Module, data: TaskData, cfg: RunConfig, *, phase: str, epoch
         evaluator(model, phase, 0, sink)
     if epoch_hook is not None:
         epoch_hook(model, 0, 0)
-    model.train()
+    _train_mode(model)
     try:
         for epoch in range(epochs):
             for x, y in iterate_batches(data.S, cfg.batch_size, generator, augment=augment):
@@ -188,11 +191,21 @@ def train(model: nn.Module, data: TaskData, cfg: RunConfig, *, phase: str, epoch
                     return TrainOutcome("diverged", step, risks["S"].loss, msg)
             if epoch_hook is not None:
                 epoch_hook(model, epoch + 1, step)
-                model.train()
+                _train_mode(model)
     finally:
         for p in model.parameters():
             p.requires_grad_(True)
     return TrainOutcome("done", step, last_loss)
+
+
+def _train_mode(model: nn.Module):
+    """model.train(), except modules whose own parameters are all frozen stay in eval mode
+    (their running statistics do not move); a module with no parameters follows its parent."""
+    model.train()
+    for module in model.modules():
+        own = list(module.parameters(recurse=False))
+        if own and not any(p.requires_grad for p in own):
+            module.eval()
 
 
 def _autocast(device: torch.device):

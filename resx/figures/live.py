@@ -109,7 +109,7 @@ def margin_estimates(margins: list[dict], chosen: int | None = None, z: float = 
 
 
 def jumpboard_curve(jumpboard: dict) -> go.Figure:
-    """Line search along d = -G_P/||G_P||: L_S, L_P, L_T and L against the step eta (log axis),
+    """Line search along d_hat (theory.md 4b): L_S, L_P (= L_P2), L_T and L against the step eta (log axis),
     with the first-order prediction and the quadratic fit; eta* marked."""
     curve = [c for c in jumpboard["curve"] if c["eta"] > 0]
     eta = np.array([c["eta"] for c in curve], dtype=np.float32)

@@ -22,12 +22,13 @@ from ..core.records import Record, RecordSink, discard
 from ..core.train import Evaluator, draw_population, resolve_device, risk, train
 from ..theory.bounds import complexity, loss_bound, make_terms, tighter_route
 from ..theory.jumpboard import jump_margins, jumpboard_path
+from ..theory.kink import best_of_positions
 from ..theory.margins import descent_margins
 from .certify import certify
 
 log = logging.getLogger(__name__)
 
-CHECKPOINTS = ("old", "new", "control")
+CHECKPOINTS = ("old", "new", "control", "jumpboard")
 MARGIN_SNAPSHOTS = 20   # columns of the live descent-margin heatmap during base training
 SNAPSHOT_S = 512        # points of S that calibrate the candidates of a heatmap column
 
@@ -77,7 +78,7 @@ def run_pipeline(cfg: RunConfig, sink: RecordSink = discard, cancel: Optional[th
         """The descent-margin heatmap: U_P at every position, every few epochs of base training.
         The heatmap shows P; S only calibrates the candidates, so a slice of it is enough here."""
         if epoch % every == 0 or epoch == cfg.epochs:
-            for m in descent_margins(model, S_head, data.P, None, delta=cfg.delta, seed=cfg.seed):
+            for m in descent_margins(model, S_head, data.P, None, delta=cfg.delta, seed=cfg.seed, descent=False):
                 for record in m.records(step):
                     sink(record)
 
@@ -93,6 +94,7 @@ def run_pipeline(cfg: RunConfig, sink: RecordSink = discard, cancel: Optional[th
     sink(Record("margins", base_steps, "", "progress", 0.0))
     margins = descent_margins(old, data.S, data.P, population, delta=cfg.delta, seed=cfg.seed)
     result["margins"] = [m.to_dict() for m in margins]
+    result["descent_best_position"] = best_of_positions({m.position: m.descent for m in margins}, cfg.delta)
     sink(Record("margins", base_steps, "", "progress", 1.0))
     lap("estimate_margins")
 
@@ -104,16 +106,13 @@ def run_pipeline(cfg: RunConfig, sink: RecordSink = discard, cancel: Optional[th
     result["insertion"] = report.to_dict()
     lap("insert")
 
-    # jumpboard: direction and step on P only
+    # jumpboard: direction on P1, step on P2 (with no descent direction on P1: f_J = f_new, and a note).
+    # The curve's L uses the live curves' population slice; Delta_R (guarantees) uses all n_pop points.
     sink(Record("jumpboard", 0, "", "progress", 0.0))
-    try:
-        jump = jumpboard_path(new, cfg.position, data.S, data.P, data.T, population, seed=cfg.seed)
-        f_J = jump.model
-        result["jumpboard"] = jump.to_dict()
-    except ValueError as e:  # G_P = 0: no direction; the jumpboard is f_new itself
-        f_J = copy.deepcopy(new)
-        result["jumpboard"] = None
-        result["jumpboard_note"] = str(e)
+    jump = jumpboard_path(new, cfg.position, data.S, data.P, data.T, evaluator.population, seed=cfg.seed,
+                          delta=cfg.delta)
+    f_J = jump.model
+    result["jumpboard"] = jump.to_dict()
     sink(Record("jumpboard", 0, "", "progress", 1.0))
     lap("jumpboard")
 
@@ -131,8 +130,9 @@ def run_pipeline(cfg: RunConfig, sink: RecordSink = discard, cancel: Optional[th
     models = {"old": old, "new": new, "control": control}
     if outcome.status != "done":
         return _finish(result | {"status": outcome.status, "message": outcome.message}, timings, out_dir, models)
+    models["jumpboard"] = f_J
 
-    for name, model in {**models, "jumpboard": f_J}.items():
+    for name, model in models.items():
         result[name if name != "jumpboard" else "f_J"] = risks_of(model, data, population)
     lap("evaluate")
     result.update(guarantees(cfg, data, population, old, f_J, new, phi0, result))
@@ -156,7 +156,7 @@ def guarantees(cfg: RunConfig, data, population, old, f_J, new, phi0, result: di
     terms = make_terms(M=M, K=K, c=c, delta=cfg.delta, Delta_ERM=r_J["L_S"] - r_new["L_S"],
                        Delta_R=jump["Delta_R"], Delta_R_T=jump["Delta_R_T"],
                        hoeffding_T=jump["Delta_R_T_hoeffding"], gap_new=abs(r_new["L_T"] - r_new["L_S"]),
-                       gap_J=abs(r_J["L_T"] - r_J["L_S"]), n=cfg.n)
+                       gap_J=abs(r_J["L_T"] - r_J["L_S"]), n=cfg.n, Delta_R_se=jump["Delta_R_se"])
     L_old = result["old"]["L_pop"] if population is not None else result["old"]["L_T"]
     route_A, route_B = terms.routes(L_old)
     tighter, reason = tighter_route(route_A, route_B)
@@ -212,11 +212,12 @@ def _jsonable(value):
 
 
 def load_checkpoint(out_dir: Path, which: str, cfg: RunConfig, input_shape, num_classes) -> torch.nn.Module:
-    """Rebuild `old`, `new` or `control` from a run folder; state dicts load with weights_only=True."""
+    """Rebuild `old`, `new`, `control` or `jumpboard` (f_J) from a run folder; state dicts load with
+    weights_only=True."""
     if which not in CHECKPOINTS:
         raise ValueError(f"which={which!r} is not allowed: one of {list(CHECKPOINTS)}")
     model = build_model(cfg, tuple(input_shape), num_classes)
-    if which == "new":
+    if which in ("new", "jumpboard"):
         model.blocks.insert(cfg.position, model.new_block(cfg.position))
     state = torch.load(Path(out_dir) / f"{which}.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(state)

@@ -22,6 +22,7 @@ route with any such step is never "certified": its verdict is "not_certified" an
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
 
@@ -339,13 +340,19 @@ def n_nonvacuous(R: float, c: float, n: float, delta: float,
 
 
 def representational_gain(Delta_R: Optional[float], Delta_R_T: Optional[float],
-                          hoeffding_T: Optional[float]) -> tuple[float, str]:
+                          hoeffding_T: Optional[float], Delta_R_se: Optional[float] = None,
+                          delta: float = 0.05) -> tuple[float, str]:
     """The Delta_R the routes use (theory.md 8): the population jump margin when there is one
     (synthetic tasks), else Delta_R^T minus its Hoeffding half-width on T, hoeffding(2c, m, delta)
     (the paired per-sample difference lies in [-c, c]). Returns (value, source).
-    Using the test-side lower bound adds its delta to the guarantee's failure probability.
+    The population Delta_R is a Monte Carlo mean on n_pop points: with its paired standard error
+    the routes use Delta_R - z_{1-delta} se, a one-sided lower confidence bound (normal
+    approximation; review I7). Either lower bound adds its delta to the guarantee's failure probability.
     """
     if Delta_R is not None:
+        if Delta_R_se is not None and math.isfinite(Delta_R_se):
+            z = statistics.NormalDist().inv_cdf(1.0 - delta)
+            return float(Delta_R) - z * float(Delta_R_se), "population lower bound (Monte Carlo)"
         return float(Delta_R), "population"
     if Delta_R_T is None or hoeffding_T is None:
         raise ValueError("Delta_R is None (real data): Delta_R_T and hoeffding_T are both needed")
@@ -392,13 +399,14 @@ class Terms:
 def make_terms(*, M: ComplexityTerm, K: ComplexityTerm, c: float, delta: float, Delta_ERM: float,
                Delta_R: Optional[float] = None, Delta_R_T: Optional[float] = None,
                hoeffding_T: Optional[float] = None, gap_new: Optional[float] = None,
-               gap_J: Optional[float] = None, n: Optional[int] = None) -> Terms:
+               gap_J: Optional[float] = None, n: Optional[int] = None,
+               Delta_R_se: Optional[float] = None) -> Terms:
     """Terms from the two complexity terms (M at f_new, K at f_J) and the measured gains."""
     n = int(n if n is not None else M.n)
-    used, source = representational_gain(Delta_R, Delta_R_T, hoeffding_T)
+    used, source = representational_gain(Delta_R, Delta_R_T, hoeffding_T, Delta_R_se, delta)
     eps_M, eps_K = epsilon(M.at(n), c, n, delta, M.log_grid), epsilon(K.at(n), c, n, delta, K.log_grid)
     heuristic = tuple(dict.fromkeys(M.heuristic + K.heuristic))
-    if source == "population":
+    if source == "population":   # no standard error came with it: the Monte Carlo mean used as if exact
         heuristic += ("Delta_R is a Monte Carlo estimate on the population sample, used as if exact (review I7)",)
     return Terms(Delta_R=Delta_R, Delta_R_T=Delta_R_T, Delta_R_used=used, Delta_R_source=source,
                  Delta_ERM=float(Delta_ERM), R_M=M.at(n), R_K=K.at(n), eps_M=eps_M, eps_K=eps_K,

@@ -1,9 +1,11 @@
 """The jumpboard model, its line search, and the jump margins (theory.md section 6).
 
-Named step "preview": f_J = f_new(.; theta_old, phi0 + eta* d), d = -G_P / ||G_P|| with G_P the
-live-parameter gradient on the probe sample P, eta* = argmin of L_P over a log-spaced grid. P is
+Named step "preview": f_J = f_new(.; theta_old, phi0 + eta* d_hat), d_hat the steepest one-sided
+direction on the probe half P1 (mlp: -G_P1/||G_P1||; resnet: the exact kink-aware direction of
+theory.md 4b, kink.steepest_direction), eta* = argmin of L_P2 over a log-spaced grid. P is
 independent of theta_old, so the direction and the step see the population, not what the old
-model memorised of S; S and T are evaluated along the path for display and never choose.
+model memorised of S; S and T are evaluated along the path for display and never choose (for
+resnet, S sets the candidate block's BatchNorm statistics, hence zhat: theory.md 4b, I6).
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ import torch.nn.functional as F
 
 from ..core.models import BasicBlock
 from ..core.train import per_sample_losses, risk
-from .margins import normalised_branch
+from .kink import DescentTest, KinkSample, descent_test, one_sided_terms, split_halves, steepest_direction
+from .margins import live_gradients, normalised_branch
 
 GRID_POINTS = 16           # log-spaced step sizes, plus eta = 0 as the reference
 CURVE_POP = 16_384   # population points behind the drawn curve's L_pop (the whole sample at eta*)
@@ -153,10 +156,9 @@ def finite_difference_check(f_new: nn.Module, position: int, x, y, t_values=(1e-
 class JumpboardResult:
     """The line search along d and the jumpboard f_J at eta* (theory.md 6).
 
-    curve: one dict per eta with L_S, L_P, L_T, L_pop, L_pop_se (None without a population; on the
-    first CURVE_POP points of the population sample, while L_pop at eta* uses all of it),
-    first_order = L_P(phi0) + eta D_P(d) (D_P the one-sided derivative on P: -||G_P|| for mlp,
-    -||G_P|| plus the ReLU-kink term for resnet, see margins.one_sided_slope),
+    curve: one dict per eta with L_S, L_P (= L_P2), L_T, L_pop, L_pop_se (None without a population;
+    on the first CURVE_POP points of the population sample, while L_pop at eta* uses all of it),
+    first_order = L_P2(phi0) + eta D_P2(d_hat) (the one-sided derivative on P2, theory.md 4b),
     quadratic = a + b eta + c eta^2 fitted to L_P on the small-eta part (eta <= max(eta*, 4th
     smallest eta)).
     """
@@ -170,10 +172,17 @@ class JumpboardResult:
     L_T: float
     L_pop: Optional[float]
     L_pop_se: Optional[float]
-    kappa_P: float                   # ||G_P1||, the direction half of P
-    slope_P: float                   # D_P2(d), the exact initial rate of L_P2 along d (the first-order line)
+    kappa_P: float                   # ||G_P1||, the direction half of P (autograd, ReLU'(0) = 0)
+    slope_P: float                   # D_P2(d_hat), the exact initial rate of L_P2 along d_hat (the first-order line)
     step_scale: float                # the unit of the eta grid
     quadratic_coef: tuple = field(default=(math.nan, math.nan, math.nan))   # (a, b, c)
+    slope_P1: float = math.nan       # D_P1(d_hat): in-sample, biased down (the steepest rate on P1)
+    slope_P_se: float = math.nan     # standard error of slope_P (per-sample one-sided derivatives on P2)
+    slope_P_ucb: float = math.nan    # slope_P + z_{1-delta} se; "descent observable" iff < 0
+    descent_observable: bool = False
+    probe_needed: Optional[int] = None   # n_probe at which this slope and spread would be observable
+    n_probe: int = 0
+    note: str = ""                   # what eta* = 0 means, or why there is no direction
 
     def to_dict(self) -> dict:
         """Everything but the model and the direction tensors (JSON-ready)."""
@@ -199,36 +208,82 @@ def default_etas(scale: float) -> list[float]:
     return [0.0] + [float(e) * scale for e in np.logspace(math.log10(lo), math.log10(hi), GRID_POINTS)]
 
 
-def split_halves(P, seed: int):
-    """(P1, P2): a seeded random split of P into halves (P1 gets the extra point when odd)."""
-    perm = torch.randperm(len(P.y), generator=torch.Generator().manual_seed(seed + 104_729)).to(P.y.device)
-    k = (len(perm) + 1) // 2
-    return type(P)(P.x[perm[:k]], P.y[perm[:k]]), type(P)(P.x[perm[k:]], P.y[perm[k:]])
+def _block_io(f_new: nn.Module, position: int, x, y, batch_size: int = 1024):
+    """Yields (h, g) per chunk: the new block's input h and g = d(sum_i l_i)/d(block output), eval mode."""
+    block = f_new.blocks[position]
+    grabbed = {}
+    handles = [block.register_forward_pre_hook(lambda m, args: grabbed.__setitem__("h", args[0].detach())),
+               block.register_forward_hook(lambda m, args, out: grabbed.__setitem__("out", out))]
+    was = f_new.training
+    f_new.eval()
+    try:
+        for i in range(0, len(x), batch_size):
+            with torch.enable_grad():
+                xb = x[i:i + batch_size].detach().requires_grad_(True)   # so `out` is in a graph
+                loss = F.cross_entropy(f_new(xb), y[i:i + batch_size], reduction="sum")
+                g = torch.autograd.grad(loss, grabbed["out"])[0]
+            yield grabbed["h"], g.detach()
+    finally:
+        for handle in handles:
+            handle.remove()
+        f_new.train(was)
+
+
+def steepest_on(f_new: nn.Module, position: int, P1, P2, delta: float = 0.05) -> DescentTest:
+    """d_hat on P1 and the cross-fitted test of theory.md 4b on P2, for the block inside f_new (at phi0)."""
+    block = f_new.blocks[position]
+    resnet = isinstance(block, BasicBlock)
+    if resnet:
+        sample = KinkSample()
+        for h, g in _block_io(f_new, position, P1.x, P1.y):
+            sample.add(h, g, normalised_branch(block, h).float())
+        best = steepest_direction(sample)
+        d, slope_in = best.direction, best.rate
+    else:
+        G = live_gradient(f_new, position, P1.x, P1.y)
+        norm = math.sqrt(sum((g.double() ** 2).sum().item() for g in G.values()))
+        d = None if norm == 0.0 else {n: -g / norm for n, g in G.items()}
+        slope_in = -norm
+    if d is None:
+        return descent_test(slope_in, None, len(P1.y), delta, None)
+    terms = []
+    for h, g in _block_io(f_new, position, P2.x, P2.y):
+        if resnet:
+            terms.append(one_sided_terms(h, g, normalised_branch(block, h), d["bn2.weight"], d["bn2.bias"]))
+        else:
+            flat = torch.cat([d[n].reshape(-1) for n in block.live_parameters]).double()
+            terms.append(live_gradients(block, h, g).dots(flat))
+    return descent_test(slope_in, torch.cat(terms), len(P1.y), delta, d)
 
 
 def jumpboard_path(f_new: nn.Module, position: int, S, P, T, population=None, etas=None,
-                   seed: int = 0) -> JumpboardResult:
-    """Line search from phi0 along d = -G_P1/||G_P1|| (theory.md 6; the construction is the paper's,
-    the split, the grid and the fit are ours). P is split in two halves by a seeded permutation:
-    the direction comes from P1, and eta* = argmin_eta L_P2 (eta = 0 included, so f_J = f_new when
-    no step lowers L_P2). A direction fit on a sample always lowers that sample's loss at first,
-    even where the population gradient is 0, so choosing the step on the same half would pick
-    noise. The curve's L_P is L_P2; S, T and the population are only evaluated.
+                   seed: int = 0, delta: float = 0.05) -> JumpboardResult:
+    """Line search from phi0 along d_hat (theory.md 4b, 6; the construction is the paper's, the
+    split, the kink-aware direction, the grid and the fit are ours). P is split in two halves by a
+    seeded permutation: d_hat comes from P1, and eta* = argmin_eta L_P2 (eta = 0 included, so
+    f_J = f_new when no step lowers L_P2). A direction fitted on a sample lowers that sample's loss
+    at first even where the population has no descent direction, so choosing the step on the
+    same half would pick noise. The curve's L_P is L_P2; S, T and the population are only evaluated.
+    When P1 has no descent direction at all (G_P1 = 0 for mlp; every channel minimum >= 0 for
+    resnet) the result is f_J = f_new with eta* = 0, a one-point curve and a note.
     f_new is not modified.
     """
     block = f_new.blocks[position]
     P1, P2 = split_halves(P, seed)
-    G = live_gradient(f_new, position, P1.x, P1.y)                       # on P1 only
-    kappa = torch.sqrt(sum((g.double() ** 2).sum() for g in G.values())).item()
-    if kappa == 0.0:
-        raise ValueError(f"G_P = 0 at position {position}: no descent direction on P")
-    direction = {n: -g / kappa for n, g in G.items()}
-    slope = one_sided_slope(f_new, position, P2.x, P2.y, direction)
-    phi0 = {n: block.get_parameter(n).detach().clone() for n in G}
+    test = steepest_on(f_new, position, P1, P2, delta)
+    phi0 = {n: block.get_parameter(n).detach().clone() for n in block.live_parameters}
+    kappa = math.sqrt(sum((g.double() ** 2).sum().item()
+                          for g in live_gradient(f_new, position, P1.x, P1.y).values()))
     scale = step_scale(f_new, position)
-    etas = sorted(set([0.0] + [float(e) for e in (default_etas(scale) if etas is None else etas)]))
+    if test.direction is None:
+        direction = {n: torch.zeros_like(p) for n, p in phi0.items()}
+        etas = [0.0]
+    else:
+        direction = test.direction
+        etas = sorted(set([0.0] + [float(e) for e in (default_etas(scale) if etas is None else etas)]))
     if etas[0] < 0:
         raise ValueError(f"etas must be >= 0; got {etas[0]}")
+    slope = test.slope_cross
 
     work = copy.deepcopy(f_new)
     curve = []
@@ -250,8 +305,8 @@ def jumpboard_path(f_new: nn.Module, position: int, S, P, T, population=None, et
     L0 = curve[0]["L_P"]
     a, b, c = _quadratic_fit(etas, [r["L_P"] for r in curve], max(best + 1, MIN_FIT_POINTS))
     for row in curve:
-        row["first_order"] = L0 + row["eta"] * slope
-        row["quadratic"] = a + b * row["eta"] + c * row["eta"] ** 2
+        row["first_order"] = L0 + row["eta"] * slope if math.isfinite(slope) else None
+        row["quadratic"] = a + b * row["eta"] + c * row["eta"] ** 2 if math.isfinite(a) else None
 
     set_live_(work, position, phi0, direction, eta_star)
     at = dict(curve[best])
@@ -261,7 +316,25 @@ def jumpboard_path(f_new: nn.Module, position: int, S, P, T, population=None, et
     return JumpboardResult(eta=eta_star, position=position, direction=direction, curve=curve, model=work,
                            L_S=at["L_S"], L_P=at["L_P"], L_T=at["L_T"], L_pop=at["L_pop"],
                            L_pop_se=at["L_pop_se"], kappa_P=kappa, slope_P=slope, step_scale=scale,
-                           quadratic_coef=(a, b, c))
+                           quadratic_coef=(a, b, c), slope_P1=test.slope_in, slope_P_se=test.se,
+                           slope_P_ucb=test.ucb, descent_observable=test.observable,
+                           probe_needed=test.probe_needed, n_probe=len(P.y),
+                           note=_note(test, eta_star, len(P.y)))
+
+
+def _note(test: DescentTest, eta_star: float, n_probe: int) -> str:
+    """What eta* = 0 means, in words (theory.md 4b): empty when a step lowered L_P2."""
+    if test.direction is None:
+        return ("P1 has no one-sided descent direction at this position (every direction's one-sided "
+                "slope on P1 is >= 0): f_J = f_new, Delta_R = 0.")
+    if eta_star > 0:
+        return ""
+    text = ("No step along the P1 direction lowered L_P2: eta* = 0, so f_J = f_new and Delta_R = 0 exactly. "
+            f"The one-sided slope on P2 is {test.slope_cross:+.3g} ± {test.se:.2g} (1 SE)")
+    if test.probe_needed is not None:
+        return text + (f"; at this slope and spread, descent would be observable (UCB < 0) from about "
+                       f"n_probe = {test.probe_needed:,} (now {n_probe:,}).")
+    return text + ": it does not point down, so no probe size is predicted from it."
 
 
 def _quadratic_fit(etas, losses, points: int) -> tuple[float, float, float]:

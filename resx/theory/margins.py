@@ -28,6 +28,7 @@ from torch.func import functional_call, grad, vmap
 from ..core.models import (LN_EPS, BasicBlock, PostLNBlock, candidate_block, check_positions, insert_block,
                      live_parameter_names)
 from ..core.records import Record
+from .kink import DescentTest, KinkSample, descent_test, one_sided_terms, split_halves, steepest_direction
 
 CHUNK = 1024   # samples per forward/backward pass; bounds the memory of the activations kept
 SE_POINTS = 16_384  # population points behind population_margins' standard error (its value uses all)
@@ -130,6 +131,13 @@ class FactoredGrads(BlockGrads):
 
     def subset(self, index):
         return FactoredGrads(self.delta[index], self.a[index])
+
+    @staticmethod
+    def unflatten_shapes(vector: torch.Tensor, block: nn.Module) -> dict[str, torch.Tensor]:
+        """A flat (W2, b2) vector as {"w2.weight": (w, w), "w2.bias": (w,)} in the block's dtype."""
+        w_out, w_in = block.w2.weight.shape
+        v = vector.to(block.w2.weight.dtype)
+        return {"w2.weight": v[:w_out * w_in].reshape(w_out, w_in), "w2.bias": v[w_out * w_in:]}
 
     @staticmethod
     def cat(parts):
@@ -403,10 +411,12 @@ class PositionMargin:
     observed: bool
     G_P: dict
     live_parameters: tuple[str, ...]
+    descent: Optional[DescentTest] = None
 
     def to_dict(self) -> dict:
         pop = self.kappa2_pop
-        return {"position": self.position,
+        descent = {} if self.descent is None else self.descent.to_dict()
+        return descent | {"position": self.position,
                 "kappa2_U": self.kappa2_U.value, "kappa2_U_se": self.kappa2_U.stderr,
                 "kappa2_U_lcb": self.kappa2_U.lcb,
                 "kappa2_cross": self.kappa2_cross.value, "kappa2_cross_se": self.kappa2_cross.stderr,
@@ -427,6 +437,9 @@ class PositionMargin:
                Record("margins", step, "P", "observed", float(self.observed), None, k),
                Record("margins", step, "S", "kappa2_naive", self.kappa2_train_naive, None, k),
                Record("margins", step, "S", "kappa2_U", self.kappa2_train_U.value, self.kappa2_train_U.stderr, k)]
+        if self.descent is not None:
+            out += [Record("margins", step, "P", "slope_cross", self.descent.slope_cross, self.descent.se, k),
+                    Record("margins", step, "P", "descent_observable", float(self.descent.observable), None, k)]
         if self.kappa2_pop is not None:
             out.append(Record("margins", step, "pop", "kappa2_U", self.kappa2_pop.value, self.kappa2_pop.stderr, k))
         return out
@@ -434,11 +447,14 @@ class PositionMargin:
 
 def descent_margins(model: nn.Module, S, P, population=None, positions=None,
                     candidates: Optional[dict[int, nn.Module]] = None, delta: float = 0.05, seed: int = 0,
-                    batch_size: int = CHUNK) -> list[PositionMargin]:
-    """kappa_k^2 at every position by every estimator of theory.md 4, from one pass per sample.
+                    batch_size: int = CHUNK, descent: bool = True) -> list[PositionMargin]:
+    """kappa_k^2 at every position by every estimator of theory.md 4, from one pass per sample,
+    and (descent=True) the cross-fitted "descent observable" test of theory.md 4b (two more passes
+    over P: its halves P1, P2 from kink.split_halves(P, seed), the jumpboard's split).
 
     S, P, population: objects with .x, .y (data.Split); population may be None (real data).
-    candidates default to candidate_block(model, k, S.x, seed) (BN calibrated on S for resnet).
+    candidates default to candidate_block(model, k, S.x, seed) (BN calibrated on S for resnet: S
+    sets zhat's normalisation, hence the direction's gamma part; P1 chooses the direction given it).
     """
     positions = check_positions(model, positions)
     candidates = dict(candidates or {})
@@ -449,6 +465,7 @@ def descent_margins(model: nn.Module, S, P, population=None, positions=None,
     on_S = block_gradients(model, S.x, S.y, positions, candidates, batch_size)
     on_pop = (population_margins(model, population, positions, candidates, delta, batch_size)
               if population is not None else {})
+    tests = descent_tests(model, P, positions, candidates, delta, seed, batch_size) if descent else {}
     generator = torch.Generator().manual_seed(seed)
     out = []
     for k in positions:
@@ -458,5 +475,59 @@ def descent_margins(model: nn.Module, S, P, population=None, positions=None,
             kappa2_naive_P=naive_sq_norm(on_P[k]), kappa2_train_naive=naive_sq_norm(on_S[k]),
             kappa2_train_U=u_statistic(on_S[k], delta), kappa2_pop=on_pop.get(k),
             observed=U_P.lcb > 0, G_P=on_P[k].unflatten(on_P[k].mean()),
-            live_parameters=tuple(on_P[k].names)))
+            live_parameters=tuple(on_P[k].names), descent=tests.get(k)))
     return out
+
+
+def descent_tests(model: nn.Module, P, positions, candidates: dict[int, nn.Module], delta: float = 0.05,
+                  seed: int = 0, batch_size: int = CHUNK) -> dict[int, DescentTest]:
+    """"Descent observable" at every position (theory.md 4b): the steepest one-sided direction d_hat
+    on P1 (resnet: exact per channel, kink.steepest_direction; mlp: -G_P1/||G_P1||), then the
+    per-sample one-sided derivatives D_i(d_hat) on P2, one pass over each half."""
+    P1, P2 = split_halves(P, seed)
+    resnet = isinstance(candidates[positions[0]], BasicBlock)
+    acc = {k: KinkSample() if resnet else [0.0, 0] for k in positions}
+    for chunk in _io_chunks(model, P1.x, P1.y, positions, candidates, batch_size):
+        for k, (h, g, block) in chunk.items():
+            if resnet:
+                acc[k].add(h, g, normalised_branch(block, h).float())
+            else:
+                q = live_gradients(block, h, g)
+                acc[k][0] = acc[k][0] + q.mean() * q.n
+                acc[k][1] += q.n
+    directions, slope_in = {}, {}
+    for k in positions:
+        if resnet:
+            best = steepest_direction(acc[k])
+            directions[k], slope_in[k] = best.direction, best.rate
+        else:
+            G = acc[k][0] / acc[k][1]
+            norm = G.norm().item()
+            directions[k] = None if norm == 0.0 else -G / norm            # flat, in live_parameters order
+            slope_in[k] = -norm
+    terms = {k: [] for k in positions if directions[k] is not None}
+    if terms:
+        for chunk in _io_chunks(model, P2.x, P2.y, list(terms), candidates, batch_size):
+            for k, (h, g, block) in chunk.items():
+                d = directions[k]
+                terms[k].append(one_sided_terms(h, g, normalised_branch(block, h), d["bn2.weight"], d["bn2.bias"])
+                                if resnet else live_gradients(block, h, g).dots(d))
+    out = {}
+    for k in positions:
+        d = directions[k]
+        if d is not None and not resnet:
+            d = FactoredGrads.unflatten_shapes(d, candidates[k])
+        out[k] = descent_test(slope_in[k], torch.cat(terms[k]) if k in terms else None, len(P1.y), delta, d)
+    return out
+
+
+def _io_chunks(model, x, y, positions, candidates, batch_size):
+    """Yields {position: (h, g, candidate)} for consecutive chunks of (x, y); model in eval mode."""
+    was = model.training
+    model.eval()
+    try:
+        for i in range(0, len(x), batch_size):
+            hg = _activations_and_gradients(model, x[i:i + batch_size], y[i:i + batch_size], positions)
+            yield {k: (h, g, candidates[k]) for k, (h, g) in hg.items()}
+    finally:
+        model.train(was)
