@@ -10,6 +10,7 @@ st.caption("Train a post-normalized residual network, measure the descent margin
            "point, insert a zero-initialised block, and compare the expanded model with a control.")
 
 manager = ui.get_manager()
+ui.teacher.student_name(ui.teacher.class_code())  # ?class=...: the name that files runs on the board
 shown = ui.config_from_url()
 linked = st.query_params.get("run")
 if linked and set(st.query_params) <= {"run", "preset"} and (snap := manager.snapshot(linked)):
@@ -23,6 +24,7 @@ if run_pressed and cfg is not None:
     else:
         run_id = manager.submit(cfg, source="app")
         st.session_state["my_runs"].append(run_id)
+        ui.file_under_class(run_id)  # ?class=...: the run appears on that class's board
         ui.config_to_url(cfg, preset)
         st.query_params["run"] = run_id
 

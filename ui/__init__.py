@@ -1,7 +1,8 @@
 """The Streamlit side that pages share, split by panel; streamlit lives here and in pages/, never in resx/.
 
 state (the job manager, task runner, operator settings) <- form (the Lab form and URL state),
-run_panels, route_panels, task_panels; text holds the on-screen number format and Theory links.
+run_panels, route_panels, task_panels, teacher (links: hide=, lock=, class=), lesson, class_board, demo;
+text holds the on-screen number format and Theory links.
 Imports point one way: pages -> ui -> resx.
 """
 from .form import config_form, config_from_url, config_to_url, ints, upload_panel
@@ -9,8 +10,10 @@ from .route_panels import routes_panel
 from .run_panels import PHASE_LABELS, margin_panel, preservation_badge, status_banner
 from .state import MANAGERS, TASK_RUNNERS, caps, get_manager, get_tasks, operator_setting
 from .task_panels import task_panel
-from .text import fmt, plain, theory_link
+from . import demo, teacher
+from .teacher import file_under_class
+from .text import fmt, plain, readable, sentence, theory_link
 
-__all__ = ["MANAGERS", "PHASE_LABELS", "TASK_RUNNERS", "caps", "config_form", "config_from_url", "config_to_url",
-           "fmt", "get_manager", "get_tasks", "ints", "margin_panel", "operator_setting", "plain",
-           "preservation_badge", "routes_panel", "status_banner", "task_panel", "theory_link", "upload_panel"]
+__all__ = ["MANAGERS", "demo", "teacher", "PHASE_LABELS", "TASK_RUNNERS", "caps", "config_form", "config_from_url", "config_to_url",
+           "file_under_class", "fmt", "get_manager", "get_tasks", "ints", "margin_panel", "operator_setting", "plain",
+           "preservation_badge", "readable", "routes_panel", "sentence", "status_banner", "task_panel", "theory_link", "upload_panel"]

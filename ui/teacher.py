@@ -83,6 +83,23 @@ def student_name(code: str | None, where=st.sidebar) -> str | None:
     return name
 
 
+def file_under_class(run_id: str, step: str = "lab", prediction: str = "") -> bool:
+    """Tag a Lab run with the link's class code and the student's name; False when there is no
+    class, no name yet, or the class is closed (then a caption says so)."""
+    from .state import get_manager
+
+    code = class_code()
+    name = st.session_state.get("student_name") or st.query_params.get("student")
+    if not code or not name:
+        return False
+    try:
+        get_manager().store.tag_run(run_id, code, check_student(name), step, prediction)
+    except (ValueError, ConfigError) as e:  # a closed class, or a name that is not allowed
+        st.caption(f"Not filed on the class board: {e}")
+        return False
+    return True
+
+
 def share_link(params: dict, page: str | None = None) -> str:
     """An absolute link to `page` (this page when None) carrying `params`."""
     base = st.context.url.split("?")[0] if st.context.url else ""

@@ -25,7 +25,7 @@ def risk_bars(result: dict, which=("old", "f_J", "new", "control")) -> go.Figure
     values_np = np.asarray(values, dtype=np.float32)
     fig = go.Figure(go.Bar(x=names, y=values_np, error_y=dict(type="data", array=np.asarray(errors, np.float32)),
                            marker_color=["#7f7f7f", "#9467bd", "#1f77b4", "#ff7f0e"][:len(names)],
-                           text=[f"{v:.4f}" for v in values], textposition="outside"))
+                           hovertemplate="%{x}: %{y:.4f} nats<extra></extra>"))
     low, high = (float(values_np.min()), float(values_np.max())) if len(values) else (0.0, 1.0)
     pad = max(high - low, 1e-3)
     fig.update_layout(yaxis_title="population risk L (nats)", height=340, showlegend=False,
@@ -47,6 +47,7 @@ def certificate_costs(results: list[dict]) -> go.Figure:
     c = results[-1]["terms"]["c"]
     fig.add_hline(y=c, line_dash="dot", annotation_text=f"loss range c = {c:.3g}: above it, vacuous")
     fig.update_layout(barmode="group", yaxis_type="log", yaxis_title="nats (log scale)", height=360,
+                      yaxis_exponentformat="power",
                       legend=dict(orientation="h", y=-0.15), margin=dict(l=10, r=10, t=30, b=10))
     return fig
 
@@ -60,6 +61,6 @@ def class_scaling(points: list[dict], field: str) -> go.Figure:
     fig = go.Figure(go.Scatter(x=x, y=y, mode="lines+markers+text", error_y=dict(type="data", array=se),
                                text=[f"{p['count']} run(s)" for p in points], textposition="top center"))
     fig.add_hline(y=0, line_dash="dot")
-    fig.update_layout(xaxis_title=field, xaxis_type="log", yaxis_title="Δ<sub>R</sub> = L(f<sub>old</sub>) − L(f<sub>J</sub>)",
+    fig.update_layout(xaxis_title=field, xaxis_type="log", xaxis_exponentformat="power", yaxis_exponentformat="power", yaxis_title="Δ<sub>R</sub> = L(f<sub>old</sub>) − L(f<sub>J</sub>)",
                       height=340, margin=dict(l=10, r=10, t=30, b=10))
     return fig

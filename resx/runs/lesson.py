@@ -57,6 +57,11 @@ def _num(x: float, digits: int = 3) -> str:
     return f"{x:.{digits}g}"
 
 
+def _risk(x: float) -> str:
+    """A risk in nats, to four decimals (risks are compared to one another, so one format)."""
+    return f"{x:.4f}"
+
+
 def _margin(result: dict) -> dict:
     position = result["config"]["position"]
     return next(m for m in result["margins"] if m["position"] == position)
@@ -90,8 +95,8 @@ def _jumpboard_reveal(results):
     t, m = r["terms"], _margin(r)
     return (f"At the new block the squared gradient norm U_P is {_num(m['kappa2_U'])} ± {_num(m['kappa2_U_se'], 2)}, "
             f"so a first-order descent direction exists. One line-search step along it, chosen on the probe "
-            f"sample P only, moved the population risk L from {_num(r['old']['L_pop'], 4)} to "
-            f"{_num(r['f_J']['L_pop'], 4)}: Delta_R = {_num(t['Delta_R'])} ± {_num(t.get('Delta_R_se') or 0, 2)}.")
+            f"sample P only, moved the population risk L from {_risk(r['old']['L_pop'])} to "
+            f"{_risk(r['f_J']['L_pop'])}: Delta_R = {_num(t['Delta_R'])} ± {_num(t.get('Delta_R_se') or 0, 2)}.")
 
 
 # -- step 3: width makes the weak signal observable ---------------------------------------------
@@ -139,10 +144,10 @@ def _control_answer(results):
 
 
 def _control_reveal(results):
-    b = results[0]["expansion_beats_control"]
-    return (f"After {results[0]['config']['finetune_epochs']} epoch(s) each, the expanded model reached "
-            f"{b['risk']} = {_num(b['new'], 4)} and the control, the old model trained on for as many steps, "
-            f"{_num(b['control'], 4)}: a difference of {_num(b['difference'])} ± {_num(b['difference_se'], 2)}. "
+    b, epochs = results[0]["expansion_beats_control"], results[0]["config"]["finetune_epochs"]
+    return (f"After {epochs} epoch{'s' if epochs != 1 else ''} each, the expanded model reached "
+            f"{b['risk']} = {_risk(b['new'])} and the control, the old model trained on for as many steps, "
+            f"{_risk(b['control'])}: a difference of {_num(b['difference'])} ± {_num(b['difference_se'], 2)}. "
             f"Expansion is worth its new parameters only when it beats this control, not the old model.")
 
 
