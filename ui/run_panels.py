@@ -35,13 +35,13 @@ def margin_panel(result: dict, config: dict):
     badge = ":green-badge[descent condition observed]" if m["observed"] else ":orange-badge[descent condition not observed]"
     st.markdown(f"Position **{chosen}**: {badge}")
     cols = st.columns(3)
-    cols[0].metric("U_P (probe)", fmt(m["kappa2_U"], digits=3), help="one-sided lower bound " + fmt(m.get("kappa2_U_lcb")))
+    cols[0].metric("$U_P$ (probe)", fmt(m["kappa2_U"], digits=3), help="one-sided lower bound " + fmt(m.get("kappa2_U_lcb")))
     cols[0].caption(f"± {fmt(m['kappa2_U_se'], digits=2)} (1 SE)")
-    cols[1].metric("||G_S||^2 (training)", fmt(m["kappa2_train_naive"], digits=3))
-    cols[2].metric("kappa^2 (population)", fmt(m.get("kappa2_pop"), digits=3))
+    cols[1].metric(r"$\|G_S\|^2$ (train)", fmt(m["kappa2_train_naive"], digits=3))
+    cols[2].metric(r"$\kappa^2$ (population)", fmt(m.get("kappa2_pop"), digits=3))
     if m.get("kappa2_pop_se") is not None:
         cols[2].caption(f"± {fmt(m['kappa2_pop_se'], digits=2)} (1 SE)")
-    st.caption("Observed means the one-sided lower confidence bound of U_P is above 0. The training margin is "
+    st.caption("Observed means the one-sided lower confidence bound of $U_P$ is above 0. The training margin is "
                "smaller because the old model was fit on S. " + theory_link("4-descent-margins"))
 
 
@@ -56,8 +56,8 @@ def preservation_badge(result: dict, records):
         ins = {"max_abs_logit_diff": diff, "preserved": None, "live_parameters": []}
     ok = ins.get("preserved")
     badge = ":green-badge[preserved]" if ok or ok is None else ":red-badge[NOT preserved: a bug]"
-    st.markdown(f"{badge} max |f_new(x) - f_old(x)| on S = `{ins['max_abs_logit_diff']:.2e}`"
-                + (f", |L_S difference| = `{ins['loss_diff']:.2e}`" if "loss_diff" in ins else ""))
+    st.markdown(f"{badge} $\\max_x |f_{{\\mathrm{{new}}}}(x) - f_{{\\mathrm{{old}}}}(x)|$ on $S$ = {fmt(ins['max_abs_logit_diff'], digits=2)}"
+                + (f", $|\\Delta L_S|$ = {fmt(ins['loss_diff'], digits=2)}" if "loss_diff" in ins else ""))
     if ins.get("live_parameters"):
-        st.caption("Live parameters (nonzero gradient at phi0): " + ", ".join(f"`{p}`" for p in ins["live_parameters"])
+        st.caption(r"Live parameters (nonzero gradient at $\varphi_0$): " + ", ".join(f"`{p}`" for p in ins["live_parameters"])
                    + ". " + theory_link("3-depth-expansion"))
