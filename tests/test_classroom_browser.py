@@ -61,6 +61,22 @@ def _predict_and_run(pg, choice: int) -> None:
     pg.get_by_role("button", name="Lock in my prediction and run").click()
 
 
+def test_a_servers_first_visitor_on_a_deep_link_gets_the_apps_menu(browser, demo):
+    """The first request a fresh server gets is a teacher's /lesson link: the page runs through app.py
+    (the app's menu: Lab, Lesson, Class, ...), not as a lone file of pages/ (a menu of file names)."""
+    ctx, pg = _page(browser)
+    try:
+        pg.goto(demo.url + "/lesson?step=width")
+        wait_app_ready(pg)
+        pg.get_by_role("heading", name=re.compile("^Step 3 of")).wait_for(timeout=60_000)
+        wait_settled(pg, 30_000)
+        menu = pg.locator('[data-testid="stSidebarNav"] a').all_inner_texts()
+        assert "Class" in menu and "Lesson" in menu, menu
+        assert not {"app", "class board", "lesson"} & set(menu), menu
+    finally:
+        ctx.close()
+
+
 def test_demo_opens_on_the_lesson_and_signals_shows_a_figure_without_a_click(browser, demo, shots):
     """In demo mode '/' lands on the Lesson, and Signals, Scaling and Allocation draw precomputed figures
     on first open, marked as precomputed."""

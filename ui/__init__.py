@@ -5,6 +5,10 @@ run_panels, route_panels, task_panels, teacher (links: hide=, lock=, class=), le
 text holds the on-screen number format and Theory links.
 Imports point one way: pages -> ui -> resx.
 """
+from ._navigation import leave_pages_directory_mode
+
+leave_pages_directory_mode()  # before anything else: a first visit to /lesson must not run pages/ on its own
+
 from .form import config_form, config_from_url, config_to_url, ints, upload_panel
 from .route_panels import routes_panel
 from .run_panels import PHASE_LABELS, margin_panel, preservation_badge, status_banner
