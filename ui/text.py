@@ -35,7 +35,8 @@ SYMBOLS = {"Delta_R_T": r"\Delta_R^T", "Delta_ERM": r"\Delta_{\mathrm{ERM}}", "D
            "eps_K": r"\varepsilon_K", "eps_M": r"\varepsilon_M", "U_P": "U_P", "f_J": "f_J",
            "f_new": r"f_{\mathrm{new}}", "f_old": r"f_{\mathrm{old}}", "L_S": "L_S", "L_T": "L_T", "L_P": "L_P",
            "L_pop": "L", "kappa^2": r"\kappa^2", "||G_S||^2": r"\|G_S\|^2", "||gbar||^2": r"\|\bar g\|^2",
-           "1/sqrt(n)": r"1/\sqrt{n}", "sqrt(width × n)": r"\sqrt{\mathrm{width}\cdot n}", "phi0": r"\varphi_0"}
+           "1/sqrt(n)": r"1/\sqrt{n}", "sqrt(width × n)": r"\sqrt{\mathrm{width}\cdot n}", "phi0": r"\varphi_0",
+           "theta_old": r"\theta_{\mathrm{old}}"}
 _SYMBOL = re.compile("|".join(r"(?<![\w$\\])" + re.escape(k) + r"(?![\w])" for k in sorted(SYMBOLS, key=len, reverse=True)))
 _E_NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?e[+-]?\d+(?![\w.])")
 _TIMES_TEN = re.compile(r"(-?\d+(?:\.\d+)?) × 10\^(-?\d+)")

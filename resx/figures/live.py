@@ -146,13 +146,25 @@ def jumpboard_curve(jumpboard: dict) -> go.Figure:
     return fig
 
 
+# resx's plain-text symbol names -> plotly's HTML (drawn without MathJax)
+HTML_SYMBOLS = (("Delta_ERM", "Δ<sub>ERM</sub>"), ("Delta_R", "Δ<sub>R</sub>"), ("eps_M", "ε<sub>M</sub>"),
+                ("eps_K", "ε<sub>K</sub>"), ("f_old", "f<sub>old</sub>"), ("f_new", "f<sub>new</sub>"),
+                ("f_J", "f<sub>J</sub>"), ("L_S", "L<sub>S</sub>"), ("L_T", "L<sub>T</sub>"))
+
+
+def html_symbols(label: str) -> str:
+    for plain, html in HTML_SYMBOLS:
+        label = label.replace(plain, html)
+    return label
+
+
 def route_waterfall(route: dict, observed: float | None = None, title: str = "") -> go.Figure:
     """A route as a waterfall: start L(f_old), subtract the margins, add the terms, end at the
     bound; the observed L(f_new) as a line beside it. When the terms dwarf the risks (a vacuous
     bound, often by orders of magnitude), a waterfall would flatten the gains to nothing, so the
     signed steps are drawn as bars of their size on a log axis instead."""
     steps = route["steps"]
-    labels = [s[0] for s in steps]
+    labels = [html_symbols(s[0]) for s in steps]
     values = [float(s[1]) for s in steps]
     start, bound = values[0], values[-1]
     if abs(bound) > 10 * max(abs(start), 1e-12):
