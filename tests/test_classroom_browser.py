@@ -22,7 +22,7 @@ from browser_util import PLOTLY, Server, full_screenshot, main_text, page_errors
 from resx.runs.lesson import STEPS
 
 pytestmark = pytest.mark.browser
-RUN_MS = 120_000
+RUN_MS = 300_000  # a wait, not a speed claim: the shared CI machine may be slow
 VERDICT = '[data-testid="stAlert"]:has-text("prediction was")'
 PAGES = ("lab", "lesson", "class", "signals", "scaling", "allocation", "runs", "theory")
 
@@ -70,7 +70,7 @@ def test_a_servers_first_visitor_on_a_deep_link_gets_the_apps_menu(browser, demo
         wait_app_ready(pg)
         pg.get_by_role("heading", name=re.compile("^Step 3 of")).wait_for(timeout=60_000)
         wait_settled(pg, 30_000)
-        menu = pg.locator('[data-testid="stSidebarNav"] a').all_inner_texts()
+        menu = [t.split("\n")[-1].strip() for t in pg.locator('[data-testid="stSidebarNav"] a').all_inner_texts()]
         assert "Class" in menu and "Lesson" in menu, menu
         assert not {"app", "class board", "lesson"} & set(menu), menu
     finally:
