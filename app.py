@@ -2,20 +2,24 @@
 import streamlit as st
 
 import ui
+from ui.demo import apply_demo_settings
 
 st.set_page_config(page_title="resx: depth expansion explorer", layout="wide")
+DEMO = apply_demo_settings()  # RESX_DEMO=1: one job at a time, small caps, the Lesson first
 
 LAB = st.Page("pages/lab.py", title="Lab", icon=":material/science:", url_path="lab")
+LESSON = st.Page("pages/lesson.py", title="Lesson", icon=":material/school:", url_path="lesson")
 
 
 def home():
-    """'/' opens the Lab at /lab, keeping the query (?run=..., the configuration)."""
-    st.switch_page(LAB, query_params=st.query_params.to_dict())
+    """'/' opens the Lab at /lab (the Lesson in the demo), keeping the query (?run=..., the configuration)."""
+    st.switch_page(LESSON if DEMO else LAB, query_params=st.query_params.to_dict())
 
 
 pages = [
     st.Page(home, title="Lab", url_path="home", default=True, visibility="hidden"),
-    LAB,
+    *([LESSON, LAB] if DEMO else [LAB, LESSON]),
+    st.Page("pages/class_board.py", title="Class", icon=":material/groups:", url_path="class"),
     st.Page("pages/signals.py", title="Signals", icon=":material/monitoring:", url_path="signals"),
     st.Page("pages/scaling.py", title="Scaling", icon=":material/grid_on:", url_path="scaling"),
     st.Page("pages/allocation.py", title="Allocation", icon=":material/table_chart:", url_path="allocation"),

@@ -13,6 +13,7 @@ st.caption("Train a post-normalized residual network, measure the descent margin
            "point, insert a zero-initialised block, and compare the expanded model with a control.")
 
 manager = ui.get_manager()
+ui.teacher.student_name(ui.teacher.class_code())  # ?class=...: the name that files runs on the board
 shown = ui.config_from_url()
 linked = st.query_params.get("run")
 if linked and set(st.query_params) <= {"run", "preset"} and (snap := manager.snapshot(linked)):
@@ -32,6 +33,7 @@ if run_pressed and cfg is not None:
         (served.add if req.cached else served.discard)(req.run_id)
         if not req.cached:
             st.session_state["my_runs"].append(req.run_id)
+        ui.file_under_class(req.run_id)  # ?class=...: the run appears on that class's board
         ui.config_to_url(cfg, preset)
         st.query_params["run"] = req.run_id
 

@@ -8,6 +8,7 @@ import streamlit as st
 
 import ui
 from resx.figures import live as plots
+
 st.title("Runs")
 store = ui.get_manager().store
 
@@ -39,7 +40,8 @@ if not ids:
 
 st.subheader("Risk curves")
 st.plotly_chart(plots.runs_overlay({i: store.records(i) for i in ids}), key="overlay")
-configs = pd.DataFrame({i: store.get_run(i)["config"] for i in ids}).astype(str)
+configs = pd.DataFrame({i: {k: ui.fmt(v) if isinstance(v, float) else str(v) for k, v in store.get_run(i)["config"].items()}
+                        for i in ids})  # floats as 0.0001 or 1×10⁻⁵, never 1e-05
 if len(ids) > 1:
     differs = configs.nunique(axis=1) > 1
     st.subheader("Where the configurations differ")

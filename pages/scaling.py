@@ -64,13 +64,17 @@ if task_id:
             st.rerun()  # finished: one full rerun draws the grid's figures and stops the polling
 
     progress()
-if not sweeps:
+shipped = ui.demo.precomputed()
+if not sweeps and not (shipped and shipped.get("fig3_cells")):
     st.info("No grid yet. Run one here or with `python -m resx sweep --depths 1,2 --widths 16,32`.")
     st.stop()
-
-name = st.selectbox("grid", sweeps[::-1])
-cells = [r["result"]["cell"] for r in store.list_runs(name=name, limit=100_000)
-         if r["status"] in ("done", "diverged") and r["result"] and "cell" in r["result"]]
+if sweeps:
+    name = st.selectbox("grid", sweeps[::-1])
+    cells = [r["result"]["cell"] for r in store.list_runs(name=name, limit=100_000)
+             if r["status"] in ("done", "diverged") and r["result"] and "cell" in r["result"]]
+else:
+    name, cells = "precomputed", shipped["fig3_cells"]
+    st.info(ui.demo.precomputed_note(shipped, "a 2 x 2 x 2 grid of ResNets on shapes"))
 if not cells:
     st.info("This grid has no finished cell yet.")
     st.stop()

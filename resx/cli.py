@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -21,11 +22,11 @@ EXIT_BAD_INPUT = 2
 
 
 class ProgressBar:
-    """One line on stderr: phase, a bar, the latest loss."""
+    """One tqdm bar per phase on stderr (train base, fine-tune, ...), the latest loss as its postfix;
+    where stderr is not a terminal (a log file), one line per finished phase instead."""
 
-    def __init__(self, stream=sys.stderr, width: int = 30):
-        self.stream, self.width = stream, width
-        self.phase, self.loss, self.last = "", float("nan"), 0.0
+    def __init__(self, stream=sys.stderr):
+        self.stream, self.bar, self.phase, self.loss = stream, None, "", None
         self.live = stream.isatty()
 
     def __call__(self, record: Record):
@@ -33,25 +34,29 @@ class ProgressBar:
             self.loss = record.value
         if record.name != "progress":
             return
-        now = time.monotonic()
+        from tqdm import tqdm
+
         if record.phase != self.phase:
-            if self.phase:
-                self.stream.write("\n" if self.live else "")
-            self.phase = record.phase
-        elif now - self.last < 0.2 and record.value < 1.0:
+            self.close()
+            self.phase, self.loss = record.phase, None
+            if not self.live:
+                return
+            self.bar = tqdm(total=1000, desc=f"{record.phase:>9}", file=self.stream, leave=True,
+                            bar_format="{desc} {bar} {percentage:3.0f}% {elapsed}{postfix}", mininterval=0.2)
+        if not self.live:
+            if record.value >= 1.0:
+                loss = f"  loss {self.loss:.4f}" if self.loss is not None else ""
+                self.stream.write(f"{self.phase:>9} done{loss}\n")
             return
-        self.last = now
-        filled = int(round(self.width * record.value))
-        line = f"{self.phase:>8} [{'#' * filled}{'.' * (self.width - filled)}] {100 * record.value:5.1f}%  loss {self.loss:.4f}"
-        if self.live:
-            self.stream.write("\r" + line)
-        elif record.value >= 1.0:
-            self.stream.write(line + "\n")
-        self.stream.flush()
+        self.bar.n = int(round(1000 * min(max(record.value, 0.0), 1.0)))
+        if self.loss is not None:
+            self.bar.set_postfix_str(f"loss {self.loss:.4f}", refresh=False)
+        self.bar.refresh()
 
     def close(self):
-        if self.live and self.phase:
-            self.stream.write("\n")
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def cmd_run(args) -> int:
@@ -90,7 +95,7 @@ def cmd_run(args) -> int:
             store.add_artifact(run_id, path.name, path)
         store.set_status(run_id, result["status"], result.get("message"))
         print(f"run {run_id} recorded in {store.path}", file=sys.stderr)
-    print(json.dumps(summary(result), indent=2))
+    print(json.dumps(summary(result), indent=2) if args.json else summary_table(result, run_id))
     print(f"wrote {out / 'result.json'}", file=sys.stderr)
     return 0 if result["status"] == "done" else 1
 
@@ -113,7 +118,10 @@ def cmd_runs(args) -> int:
     if run is None:
         raise ConfigError("ID", args.id, "the id of a run in the store (see 'runs list')")
     if args.action == "show":
-        print(json.dumps(run, indent=2, default=str))
+        if args.json or not run.get("result"):
+            print(json.dumps(run, indent=2, default=str))
+        else:
+            print(summary_table(run["result"], run["id"], run["status"]))
         return 0
     fmt = "json" if args.json else "csv"
     out = Path(args.out or f"{args.id}.{fmt}")
@@ -146,6 +154,49 @@ def summary(result: dict) -> dict:
     return keep
 
 
+def number(x, digits: int = 4) -> str:
+    """A number for a terminal: 4 significant digits, powers of ten as 1.23x10^5 rather than 1.23e+05."""
+    if x is None:
+        return "n/a"
+    if isinstance(x, float) and not math.isfinite(x):
+        return str(x)
+    text = f"{x:.{digits}g}"
+    if "e" in text:
+        mantissa, exponent = f"{x:.{digits - 1}e}".split("e")
+        text = f"{float(mantissa):g}x10^{int(exponent)}"
+    return text
+
+
+def summary_table(result: dict, run_id: str, status: str | None = None) -> str:
+    """The run in a few lines: risks of each model, preservation, both routes, the control."""
+    lines = [f"run {run_id}: {status or result['status']}" + (f" ({result['message']})" if result.get("message") else "")]
+    models = [m for m in ("old", "f_J", "new", "control") if m in result]
+    if models:
+        lines.append(f"{'model':<9} {'L_S':>8} {'L_T':>8} {'L (population)':>22}")
+        for m in models:
+            r = result[m]
+            pop = f"{r['L_pop']:.4f} ± {r['L_pop_se']:.4f}" if r.get("L_pop") is not None else "n/a"
+            lines.append(f"{m:<9} {r['L_S']:>8.4f} {r['L_T']:>8.4f} {pop:>22}")
+    if "insertion" in result:
+        ins = result["insertion"]
+        lines.append(f"insert at position {ins['position']}: max |f_new - f_old| = {number(ins['max_abs_logit_diff'], 2)}"
+                     f" ({'preserved' if ins['preserved'] else 'NOT preserved'})")
+    terms = result.get("terms") or {}
+    if terms:
+        lines.append(f"gains: Delta_R = {number(terms.get('Delta_R_used'))} ({terms.get('Delta_R_source', '')}), "
+                     f"Delta_ERM = {number(terms['Delta_ERM'])}")
+    for key, route in (result.get("routes") or {}).items():
+        if isinstance(route, dict):
+            lines.append(f"route {key}: {route['verdict'].replace('_', ' ')}; bound {number(route['bound'])}, "
+                         f"cost {number(route['cost'])}")
+    beats = result.get("expansion_beats_control")
+    if beats:
+        lines.append(f"expanded against control: {beats['verdict']} ({beats['risk']} {beats['new']:.4f} against "
+                     f"{beats['control']:.4f}, difference {number(beats['difference'])} ± {number(beats['difference_se'], 2)})")
+    lines.append("the full result: --json, or result.json")
+    return "\n".join(lines)
+
+
 def cmd_presets(args) -> int:
     for name, cfg in PRESETS.items():
         marker = " (default)" if name == DEFAULT_PRESET else ""
@@ -164,20 +215,24 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one field; repeatable")
     run.add_argument("--out", help="output folder (default $RESX_HOME/runs/<run id>)")
     run.add_argument("--no-store", action="store_true", help="do not record the run in the store")
+    run.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
     run.set_defaults(func=cmd_run)
     runs = sub.add_parser("runs", help="the run history shared with the app: list | show ID | export ID")
     runs.add_argument("action", choices=("list", "show", "export"))
     runs.add_argument("id", nargs="?", help="a run id (show, export)")
     runs.add_argument("--status", help="list only runs with this status")
-    runs.add_argument("--json", action="store_true", help="export JSON (run, config, result, metrics) instead of CSV")
+    runs.add_argument("--json", action="store_true", help="show: the whole run as JSON instead of a table; "
+                                                          "export: JSON (run, config, result, metrics) instead of CSV")
     runs.add_argument("--out", help="export file (default ID.csv or ID.json)")
     runs.set_defaults(func=cmd_runs)
     presets = sub.add_parser("presets", help="list the presets and their configurations")
     presets.set_defaults(func=cmd_presets)
+    from .scale.demo_assets import add_assets_parser
     from .scale.paper_figures import add_figures_parser
     from .scale.sweep import add_sweep_parser
     add_sweep_parser(sub)
     add_figures_parser(sub)
+    add_assets_parser(sub)
     add_bench_parser(sub)
     return parser
 

@@ -152,3 +152,28 @@ def test_signals_page_offers_the_figures(app_home):
     at.switch_page("pages/signals.py").run()
     assert not at.exception
     assert any(b.label.startswith("Compute figures") for b in at.button)
+
+
+def test_lesson_asks_first_runs_then_tells_whether_the_prediction_was_right(app_home):
+    """Step 1 of the Lesson: Run waits for a prediction; the finished run shows the answer and files the
+    prediction on the class board named in the URL."""
+    import ui
+
+    at = AppTest.from_file("../app.py", default_timeout=TIMEOUT)
+    at.query_params.update({"class": "APPTEST", "student": "ana"})
+    at.switch_page("pages/lesson.py").run()
+    assert not at.exception
+    run = next(b for b in at.button if b.label == "Lock in my prediction and run")
+    assert run.disabled
+    at.radio[0].set_value(2).run()  # "a lot": wrong for a zero-initialised block
+    next(b for b in at.button if b.label == "Lock in my prediction and run").click().run()
+    store = ui.MANAGERS[-1].store
+    (tagged,) = store.class_runs("APPTEST")
+    assert tagged["student"] == "ana" and tagged["prediction"] == "a lot"
+    assert _wait_done(tagged["id"]).status == "done"
+    at.run()
+    assert not at.exception
+    assert any("not right" in e.value and "not at all" in e.value for e in at.error)
+    at.switch_page("pages/class_board.py").run()
+    assert not at.exception
+    assert any("1 student(s), 1 run(s)" in c.value for c in at.caption)

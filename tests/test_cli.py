@@ -68,11 +68,14 @@ def test_cli_runs_land_in_the_store_and_export(tmp_path):
     """A command-line run is recorded in the store; `runs list/show/export` read it back."""
     env = {"RESX_HOME": str(tmp_path)}
     args = ["run", "--set", "n=200", "--set", "n_pop=1024", "--set", "m_cert=2048", "--set", "epochs=1", "--set", "finetune_epochs=1"]
-    assert _resx(*args, env=env).returncode == 0
+    run = _resx(*args, env=env)
+    assert run.returncode == 0
+    assert "route A" in run.stdout and not run.stdout.startswith("{")
     listing = _resx("runs", "list", env=env)
     run_id = listing.stdout.split()[0]
     assert "done" in listing.stdout
-    shown = json.loads(_resx("runs", "show", run_id, env=env).stdout)
+    assert f"run {run_id}: done" in _resx("runs", "show", run_id, env=env).stdout  # a table for people
+    shown = json.loads(_resx("runs", "show", run_id, "--json", env=env).stdout)
     assert shown["status"] == "done" and shown["result"]["config"]["n"] == 200
     out = tmp_path / "export.json"
     assert _resx("runs", "export", run_id, "--json", "--out", str(out), env=env).returncode == 0

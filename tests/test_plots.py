@@ -25,7 +25,7 @@ def test_training_curves_mark_the_insertion_and_band_the_population():
     """Curves exist for every split and phase, the population has a standard-error band, and the insertion is marked."""
     fig = training_curves(_history(100))
     names = [t.name for t in fig.data if t.name]
-    assert {"L_S (train)", "L (population)", "L_T (test), expanded", "L_T (test), control"} <= set(names)
+    assert {"L<sub>S</sub> (train)", "L (population)", "L<sub>T</sub> (test), expanded", "L<sub>T</sub> (test), control"} <= set(names)
     bands = [t for t in fig.data if t.fill == "toself"]
     assert len(bands) == 3
     assert fig.layout.shapes and fig.layout.shapes[0].x0 == 99

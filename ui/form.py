@@ -9,6 +9,7 @@ from resx.core.config import DEFAULT_PRESET, PRESETS, ConfigError, RunConfig
 from resx.core.data import DataError
 
 from .state import caps, get_manager
+from .teacher import hidden, keep_teacher_params, locked
 from .text import plain
 
 FIELDS = {f.name: f.type for f in dataclasses.fields(RunConfig)}
@@ -61,7 +62,9 @@ def config_to_url(cfg: RunConfig, preset: str):
     """Put the fields that differ from the preset into the URL, so a shared link reproduces the screen."""
     base = PRESETS[preset].to_dict()
     run = st.query_params.get("run")
+    kept = keep_teacher_params()  # a teacher link's hide=, lock=, class= survive a run
     st.query_params.clear()
+    st.query_params.update(kept)
     st.query_params["preset"] = preset
     for key, value in cfg.to_dict().items():
         if value != base[key]:
@@ -95,25 +98,32 @@ def config_form(current: RunConfig, npz_path: str | None = None) -> tuple[RunCon
     """Preset and field widgets; returns (config or None when invalid, preset name, Run pressed)."""
     preset = st.query_params.get("preset", DEFAULT_PRESET)
     names = list(PRESETS)
-    chosen = st.selectbox("Preset", names, index=names.index(preset) if preset in names else 0, key="preset_select")
+    hide, lock = hidden(), locked()  # a teacher link's ?hide=... and ?lock=... (fields keep the link's values)
+    chosen = preset
+    if "preset" not in hide:
+        chosen = st.selectbox("Preset", names, index=names.index(preset) if preset in names else 0,
+                              key="preset_select", disabled="preset" in lock)
     if chosen != preset:
+        kept = keep_teacher_params()
         st.query_params.clear()
+        st.query_params.update(kept)
         st.query_params["preset"] = chosen
         st.rerun()
     values = current.to_dict()
     with st.form("config"):
         cols = st.columns(3)
-        for i, name in enumerate(FORM_FIELDS):
-            col, kind, value = cols[i % 3], FIELDS[name], values[name]
+        for i, name in enumerate(f for f in FORM_FIELDS if f not in hide):
+            col, kind, value, off = cols[i % 3], FIELDS[name], values[name], name in lock
             if name in CHOICES:
                 options = CHOICES[name]  # "npz" is not offered: uploaded arrays come from upload_panel
                 index = options.index(value) if value in options else 0
-                values[name] = col.selectbox(name, options, index=index, help=HELP.get(name))
+                values[name] = col.selectbox(name, options, index=index, help=HELP.get(name), disabled=off)
             elif kind == "int":
-                values[name] = int(col.number_input(name, value=value, min_value=0, step=1, help=HELP.get(name)))
+                values[name] = int(col.number_input(name, value=value, min_value=0, step=1, help=HELP.get(name),
+                                                    disabled=off))
             elif kind == "float":
                 values[name] = float(col.number_input(name, value=float(value), min_value=0.0, format="%g",
-                                                      help=HELP.get(name)))
+                                                      help=HELP.get(name), disabled=off))
         submitted = st.form_submit_button("Run", type="primary")
     if npz_path:
         values["dataset"], values["npz_path"] = "npz", npz_path

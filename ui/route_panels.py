@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from .text import fmt, theory_link
+from .text import fmt, readable, sentence, theory_link
 
 VERDICTS = {"strict": ("strict improvement certified", "green"), "no_worse": ("no-worse certified", "blue"),
             "not_certified": ("not certified", "orange")}
@@ -20,9 +20,9 @@ def routes_panel(result: dict):
     new = result.get("new", {})
     observed = new.get("L_pop") if new.get("L_pop") is not None else new.get("L_T")
     gain = (terms.get("Delta_R_used") or 0.0) + terms["Delta_ERM"]
-    st.markdown(f"Gains: representational Delta_R = {fmt(terms.get('Delta_R_used'))} ({terms.get('Delta_R_source', '')}), "
-                f"optimization Delta_ERM = {fmt(terms['Delta_ERM'])}. Complexity bound: **{terms['bound_name']}**, "
-                f"loss range c = {fmt(terms['c'])}. " + theory_link("7-complexity-terms", "complexity terms"))
+    st.markdown(f"Gains: representational $\\Delta_R$ = {fmt(terms.get('Delta_R_used'))} ({terms.get('Delta_R_source', '')}), "
+                f"optimization $\\Delta_{{\\mathrm{{ERM}}}}$ = {fmt(terms['Delta_ERM'])}. Complexity bound: **{terms['bound_name']}**, "
+                f"loss range $c$ = {fmt(terms['c'])}. " + theory_link("7-complexity-terms", "complexity terms"))
     cols = st.columns(2)
     for col, key, title in ((cols[0], "A", "Route A (population)"), (cols[1], "B", "Route B (train/test)")):
         route = routes[key]
@@ -33,21 +33,21 @@ def routes_panel(result: dict):
         elif route.get("heuristic"):
             label += " (heuristic bound)"
         with col:
-            st.markdown(f"**{title}**: :{color}-badge[{label}]  \nbound on L(f_new): {fmt(route['bound'])}; "
+            st.markdown(f"**{title}**: :{color}-badge[{label}]  \nbound on $L(f_{{\\mathrm{{new}}}})$: {fmt(route['bound'])}; "
                         f"gain {fmt(gain)} against cost {fmt(route['cost'])}")
             st.plotly_chart(plots.route_waterfall(route, observed), key=f"route{key}")
             if route.get("assumption"):
-                st.caption(route["assumption"])
+                st.caption(readable(route["assumption"]))
     vacuous = [name for name, flag in (("eps_M", terms.get("vacuous_M")), ("eps_K", terms.get("vacuous_K"))) if flag]
     if vacuous:
         need = [terms.get("n_nonvacuous_M"), terms.get("n_nonvacuous_K")]
         need = [n for n in need if n is not None]
-        st.warning(f"The complexity terms are vacuous here (2 eps >= c = {fmt(terms['c'])}): a norm-based bound of this "
+        st.warning(f"The complexity terms are vacuous here ($2\\varepsilon \\ge c$ = {fmt(terms['c'])}): a norm-based bound of this "
                    f"kind stops being vacuous only from n = {fmt(max(need)) if need else 'never'} "
-                   f"(this run has n = {terms['n']}). Observed gaps |L_T - L_S|: f_new {fmt(terms.get('gap_new'))}, "
-                   f"f_J {fmt(terms.get('gap_J'))}.")
+                   f"(this run has n = {fmt(terms['n'])}). Observed gaps $|L_T - L_S|$: $f_{{\\mathrm{{new}}}}$ {fmt(terms.get('gap_new'))}, "
+                   f"$f_J$ {fmt(terms.get('gap_J'))}.")
     if routes.get("tighter_reason"):
-        st.caption(routes["tighter_reason"].capitalize() + ". " + theory_link("8-the-two-test-risk-guarantees"))
+        st.caption(sentence(readable(routes["tighter_reason"])) + ". " + theory_link("8-the-two-test-risk-guarantees"))
     heuristic = routes["A"].get("heuristic") or []
     if heuristic:
         with st.expander("Why neither route can certify: the steps that are not theorems here"):

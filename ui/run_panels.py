@@ -43,14 +43,14 @@ def margin_panel(result: dict, config: dict):
         descent = ":orange-badge[descent not observable]"
     st.markdown(f"Position **{chosen}**: {nonzero} {descent}")
     cols = st.columns(4)
-    cols[0].metric("U_P (probe)", fmt(m["kappa2_U"], digits=3), help="one-sided lower bound " + fmt(m.get("kappa2_U_lcb")))
+    cols[0].metric("$U_P$ (probe)", fmt(m["kappa2_U"], digits=3), help="one-sided lower bound " + fmt(m.get("kappa2_U_lcb")))
     cols[0].caption(f"± {fmt(m['kappa2_U_se'], digits=2)} (1 SE)")
     if m.get("slope_cross") is not None:
-        cols[1].metric("D_P2(d_hat) (slope)", fmt(m["slope_cross"], digits=3),
+        cols[1].metric(r"$D_{P_2}(\hat d)$ (slope)", fmt(m["slope_cross"], digits=3),
                        help="upper confidence bound " + fmt(m.get("slope_cross_ucb")))
         cols[1].caption(f"± {fmt(m.get('slope_cross_se'), digits=2)} (1 SE)")
-    cols[2].metric("||G_S||^2 (training)", fmt(m["kappa2_train_naive"], digits=3))
-    cols[3].metric("kappa^2 (population)", fmt(m.get("kappa2_pop"), digits=3))
+    cols[2].metric(r"$\|G_S\|^2$ (train)", fmt(m["kappa2_train_naive"], digits=3))
+    cols[3].metric(r"$\kappa^2$ (population)", fmt(m.get("kappa2_pop"), digits=3))
     if m.get("kappa2_pop_se") is not None:
         cols[3].caption(f"± {fmt(m['kappa2_pop_se'], digits=2)} (1 SE)")
     best = result.get("descent_best_position")
@@ -58,9 +58,9 @@ def margin_panel(result: dict, config: dict):
     if best and best.get("position") is not None:
         multiple = (f" Best of {best['positions']} positions, each tested at delta/{best['positions']} (Bonferroni): "
                     f"position {best['position']}, descent {'observable' if best['observable'] else 'not observable'}.")
-    st.caption("Gradient nonzero: the lower confidence bound of U_P (an estimate of ||G||^2) is above 0. Descent "
-               "observable: the steepest one-sided direction chosen on half P1 of the probe sample still descends "
-               "on the other half P2 (upper confidence bound of its slope below 0). For the resnet the block sits "
+    st.caption("Gradient nonzero: the lower confidence bound of $U_P$ (an estimate of $\\|G\\|^2$) is above 0. Descent "
+               "observable: the steepest one-sided direction chosen on half $P_1$ of the probe sample still descends "
+               "on the other half $P_2$ (upper confidence bound of its slope below 0). For the resnet the block sits "
                "at a ReLU kink, so a nonzero gradient does not mean that any direction descends." + multiple
                + " The training margin is smaller because the old model was fit on S. "
                + theory_link("4b-descent-at-a-relu-kink-resnet"))
@@ -88,8 +88,8 @@ def preservation_badge(result: dict, records):
         ins = {"max_abs_logit_diff": diff, "preserved": None, "live_parameters": []}
     ok = ins.get("preserved")
     badge = ":green-badge[preserved]" if ok or ok is None else ":red-badge[NOT preserved: a bug]"
-    st.markdown(f"{badge} max |f_new(x) - f_old(x)| on S = `{ins['max_abs_logit_diff']:.2e}`"
-                + (f", |L_S difference| = `{ins['loss_diff']:.2e}`" if "loss_diff" in ins else ""))
+    st.markdown(f"{badge} $\\max_x |f_{{\\mathrm{{new}}}}(x) - f_{{\\mathrm{{old}}}}(x)|$ on $S$ = {fmt(ins['max_abs_logit_diff'], digits=2)}"
+                + (f", $|\\Delta L_S|$ = {fmt(ins['loss_diff'], digits=2)}" if "loss_diff" in ins else ""))
     if ins.get("live_parameters"):
-        st.caption("Live parameters (nonzero gradient at phi0): " + ", ".join(f"`{p}`" for p in ins["live_parameters"])
+        st.caption(r"Live parameters (nonzero gradient at $\varphi_0$): " + ", ".join(f"`{p}`" for p in ins["live_parameters"])
                    + ". " + theory_link("3-depth-expansion"))

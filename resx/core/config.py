@@ -244,7 +244,8 @@ class OperatorCaps:
     """Limits the operator of a shared server sets through the environment (design.md).
 
     RESX_MAX_WIDTH, RESX_MAX_DEPTH, RESX_MAX_N (each of n, n_probe, n_test), RESX_MAX_RUNNING
-    (running or queued jobs per browser session). Unset means the built-in limits.
+    (running or queued jobs per browser session). Unset means the built-in limits, or with
+    RESX_DEMO=1 the public demo's (DEMO_CAPS: sized for about 2 cores and 2.7 GB).
     """
     max_width: int = MAX_WIDTH
     max_depth: int = MAX_DEPTH
@@ -255,7 +256,8 @@ class OperatorCaps:
     def from_env(cls, environ=None) -> "OperatorCaps":
         import os
         env = os.environ if environ is None else environ
-        values = {}
+        demo = env.get("RESX_DEMO", "").strip().lower() in ("1", "true", "yes")
+        values = dict(DEMO_CAPS) if demo else {}
         for name, var in (("max_width", "RESX_MAX_WIDTH"), ("max_depth", "RESX_MAX_DEPTH"),
                           ("max_n", "RESX_MAX_N"), ("max_running_per_session", "RESX_MAX_RUNNING")):
             raw = env.get(var, "").strip()
@@ -273,6 +275,10 @@ class OperatorCaps:
             value = getattr(cfg, name)
             _check_int(name, value, 1, self.max_n, f"at most {self.max_n} on this server")
         return cfg
+
+
+# The public demo's caps (RESX_DEMO=1): one run per session, sizes the lesson and demo presets fit in.
+DEMO_CAPS = {"max_width": 128, "max_depth": 8, "max_n": 5000, "max_running_per_session": 1}
 
 
 def build_config(preset: str | None, config_file: str | None, assignments: list[str]) -> RunConfig:

@@ -12,7 +12,18 @@ import plotly.graph_objects as go
 from ..core.records import Record
 
 MAX_POINTS = 2000
-SPLIT_NAMES = {"S": "L_S (train)", "T": "L_T (test)", "pop": "L (population)", "P": "L_P (probe)"}
+SPLIT_NAMES = {"S": "L<sub>S</sub> (train)", "T": "L<sub>T</sub> (test)", "pop": "L (population)", "P": "L<sub>P</sub> (probe)"}
+SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def number(v: float, signed: bool = False) -> str:
+    """Three significant digits without e-notation (2.46×10⁵), for text drawn on a figure."""
+    text = f"{v:+.3g}" if signed else f"{v:.3g}"
+    if "e" in text:
+        mantissa, exponent = f"{v:+.2e}" if signed else f"{v:.2e}", None
+        mantissa, exponent = mantissa.split("e")
+        text = f"{mantissa}×10{str(int(exponent)).translate(SUPERSCRIPT)}"
+    return text
 PHASE_DASH = {"base": "solid", "new": "dash", "control": "dot"}
 SPLIT_COLORS = {"S": "#1f77b4", "T": "#d62728", "pop": "#2ca02c", "P": "#9467bd"}
 
@@ -75,7 +86,7 @@ def margin_heatmap(records: Iterable[Record], name: str = "kappa2_U") -> go.Figu
     for r in rs:
         z[positions.index(r.position), steps.index(r.step)] = r.value
     fig = go.Figure(go.Heatmap(x=steps, y=positions, z=z, colorscale="Viridis",
-                               colorbar=dict(title="kappa^2"),
+                               colorbar=dict(title="κ²"),
                                hovertemplate="step %{x}<br>position %{y}<br>kappa^2 %{z:.3g}<extra></extra>"))
     fig.update_layout(xaxis_title="base-training step", yaxis_title="insertion position", height=300,
                       margin=dict(l=10, r=10, t=30, b=10), yaxis=dict(dtick=1))
@@ -87,10 +98,10 @@ def margin_estimates(margins: list[dict], chosen: int | None = None, z: float = 
     the training margin ||G_S||^2 on S, and the population value where there is a sampler."""
     pos = np.array([m["position"] for m in margins], dtype=np.float32)
     fig = go.Figure()
-    series = [("kappa2_U", "kappa2_U_se", "U_P (probe, unbiased)", -0.2),
-              ("kappa2_cross", "kappa2_cross_se", "X_P (probe, split-half)", -0.07),
-              ("kappa2_train_naive", None, "||G_S||^2 (training margin)", 0.07),
-              ("kappa2_pop", "kappa2_pop_se", "kappa^2 (population sample)", 0.2)]
+    series = [("kappa2_U", "kappa2_U_se", "U<sub>P</sub> (probe, unbiased)", -0.2),
+              ("kappa2_cross", "kappa2_cross_se", "X<sub>P</sub> (probe, split-half)", -0.07),
+              ("kappa2_train_naive", None, "‖G<sub>S</sub>‖² (training margin)", 0.07),
+              ("kappa2_pop", "kappa2_pop_se", "κ² (population sample)", 0.2)]
     for key, se_key, label, shift in series:
         if any(m.get(key) is None for m in margins):
             continue
@@ -102,7 +113,7 @@ def margin_estimates(margins: list[dict], chosen: int | None = None, z: float = 
     if chosen is not None:
         fig.add_vline(x=chosen, line_dash="dot", annotation_text="chosen")
     fig.add_hline(y=0, line_color="gray", line_width=1)
-    fig.update_layout(xaxis_title="insertion position", yaxis_title="kappa^2 = ||G_k||^2", height=340,
+    fig.update_layout(xaxis_title="insertion position", yaxis_title="κ² = ‖G<sub>k</sub>‖²", height=340,
                       margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h", y=-0.3),
                       xaxis=dict(dtick=1))
     return fig
@@ -114,8 +125,8 @@ def jumpboard_curve(jumpboard: dict) -> go.Figure:
     curve = [c for c in jumpboard["curve"] if c["eta"] > 0]
     eta = np.array([c["eta"] for c in curve], dtype=np.float32)
     fig = go.Figure()
-    for key, label, dash in (("L_S", "L_S (train)", "solid"), ("L_P", "L_P (probe: chooses eta)", "solid"),
-                             ("L_T", "L_T (test)", "solid"), ("L_pop", "L (population)", "solid"),
+    for key, label, dash in (("L_S", "L<sub>S</sub> (train)", "solid"), ("L_P", "L<sub>P</sub> (probe: chooses η)", "solid"),
+                             ("L_T", "L<sub>T</sub> (test)", "solid"), ("L_pop", "L (population)", "solid"),
                              ("first_order", "first-order prediction", "dash"), ("quadratic", "quadratic fit", "dot")):
         if any(c.get(key) is None for c in curve):
             continue
@@ -123,16 +134,28 @@ def jumpboard_curve(jumpboard: dict) -> go.Figure:
                                  mode="lines+markers" if dash == "solid" else "lines", line=dict(dash=dash)))
     if jumpboard.get("eta"):
         fig.add_vline(x=jumpboard["eta"], line_dash="dot")  # an annotation on a log axis takes log10(x)
-        fig.add_annotation(x=float(np.log10(jumpboard["eta"])), y=1, yref="paper", text="eta*",
+        fig.add_annotation(x=float(np.log10(jumpboard["eta"])), y=1, yref="paper", text="η*",
                            showarrow=False, xanchor="left", yanchor="top")
     ys = [c[k] for c in curve for k in ("L_S", "L_P", "L_T", "L_pop") if c.get(k) is not None]
     if ys:  # keep the measured curves in view; the predictions may leave it
         lo, hi = min(ys), max(ys)
         pad = 0.1 * (hi - lo) + 1e-3
         fig.update_yaxes(range=[lo - pad, hi + pad])
-    fig.update_layout(xaxis_type="log", xaxis_title="step eta along d", yaxis_title="risk (nats)", height=360,
+    fig.update_layout(xaxis_type="log", xaxis_title="step η along d", yaxis_title="risk (nats)", height=360,
                       margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h", y=-0.3))
     return fig
+
+
+# resx's plain-text symbol names -> plotly's HTML (drawn without MathJax)
+HTML_SYMBOLS = (("Delta_ERM", "Δ<sub>ERM</sub>"), ("Delta_R", "Δ<sub>R</sub>"), ("eps_M", "ε<sub>M</sub>"),
+                ("eps_K", "ε<sub>K</sub>"), ("f_old", "f<sub>old</sub>"), ("f_new", "f<sub>new</sub>"),
+                ("f_J", "f<sub>J</sub>"), ("L_S", "L<sub>S</sub>"), ("L_T", "L<sub>T</sub>"))
+
+
+def html_symbols(label: str) -> str:
+    for plain, html in HTML_SYMBOLS:
+        label = label.replace(plain, html)
+    return label
 
 
 def route_waterfall(route: dict, observed: float | None = None, title: str = "") -> go.Figure:
@@ -141,20 +164,20 @@ def route_waterfall(route: dict, observed: float | None = None, title: str = "")
     bound, often by orders of magnitude), a waterfall would flatten the gains to nothing, so the
     signed steps are drawn as bars of their size on a log axis instead."""
     steps = route["steps"]
-    labels = [s[0] for s in steps]
+    labels = [html_symbols(s[0]) for s in steps]
     values = [float(s[1]) for s in steps]
     start, bound = values[0], values[-1]
     if abs(bound) > 10 * max(abs(start), 1e-12):
         colors = ["#636efa" if v >= 0 else "#ef553b" for v in values]
-        text = [f"{v:.3g}" if i in (0, len(values) - 1) else f"{v:+.3g}" for i, v in enumerate(values)]
+        text = [number(v) if i in (0, len(values) - 1) else number(v, signed=True) for i, v in enumerate(values)]
         fig = go.Figure(go.Bar(y=labels, x=np.abs(np.array(values, dtype=np.float64)), orientation="h",
                                marker_color=colors, text=text, textposition="auto"))
-        fig.update_xaxes(type="log", title="size of each step (log scale; red: subtracted)")
+        fig.update_xaxes(type="log", title="size of each step (log scale; red: subtracted)", exponentformat="power")
         fig.update_yaxes(autorange="reversed")
         title = (title + " " if title else "") + "vacuous: the terms dwarf the gains"
     else:
         measures = ["absolute"] + ["relative"] * (len(steps) - 2) + ["total"]
-        text = [f"{v:+.3g}" if 0 < i < len(steps) - 1 else f"{v:.3g}" for i, v in enumerate(values)]
+        text = [number(v, signed=True) if 0 < i < len(steps) - 1 else number(v) for i, v in enumerate(values)]
         fig = go.Figure(go.Waterfall(x=labels, y=values, measure=measures, textposition="outside", text=text))
         fig.update_yaxes(title="risk (nats)")
         if observed is not None:
@@ -176,7 +199,7 @@ def runs_overlay(runs: dict[str, list[Record]], split: str = "pop") -> go.Figure
             x = np.array([r.step + (0 if phase == "base" else base_end) for r in rs], dtype=np.float32)
             y = np.array([r.value for r in rs], dtype=np.float32)
             x, y = downsample(x, y)
-            fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=f"{label} ({'L' if use == 'pop' else 'L_T'}, {phase})",
+            fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=f"{label} ({'L' if use == 'pop' else 'L<sub>T</sub>'}, {phase})",
                                      legendgroup=label))
     fig.update_layout(title="Population risk (or test risk where there is none) of each selected run",
                       xaxis_title="step", yaxis_title="risk (nats)", height=380, margin=dict(l=10, r=10, t=40, b=10),

@@ -346,13 +346,23 @@ def theory_vs_experiment(cells: Sequence[dict], predicted: str = "predicted_impr
 # ---------------------------------------------------------------------------------------------
 # Table 3: depth-width allocation
 
-def allocation_table_figure(rows: Sequence[dict], law: Optional[dict] = None, title: str = "") -> go.Figure:
+def allocation_table_figure(rows: Sequence[dict], law: Optional[dict] = None, title: str = "",
+                            with_table: bool = True) -> go.Figure:
     """Table 3 [paper]: GPT-3 configurations beside the depth-width law's projections (table), and
     the same on axes: layers against d_model for GPT-3, the law's optimal-depth curve L_opt(d),
     and the size-matched optimum (L*, d*) for each GPT-3 size.
 
-    `rows`: `allocation.table3()`; `law`: `DepthWidthLaw.to_dict()` (slope, intercept, source).
+    `rows`: `allocation.table3()`; `law`: `DepthWidthLaw.to_dict()` (slope, intercept, source);
+    `with_table=False` draws the axes alone (a page that shows the table itself shows it once).
     """
+    if not with_table:
+        full = allocation_table_figure(rows, law, title, with_table=True)
+        fig = go.Figure([t.update(xaxis="x", yaxis="y") for t in full.data if t.type != "table"])
+        fig.update_xaxes(type="log", title_text="width d<sub>model</sub>", tickformat=".2s")
+        fig.update_yaxes(title_text="layers")
+        fig.update_layout(title=full.layout.title, height=560, legend=dict(orientation="h", y=-0.15),
+                          **{**LAYOUT, "margin": dict(l=10, r=10, t=90, b=10)})
+        return fig
     fig = make_subplots(rows=2, cols=1, row_heights=[0.34, 0.66], vertical_spacing=0.04,
                         specs=[[{"type": "table"}], [{"type": "xy"}]])
     header = ["model", "params", "GPT-3 layers", "GPT-3 d_model", "L_opt(d_model)", "d_opt(layers)", "L* (same size)",

@@ -3,8 +3,10 @@
 One database file, `<home>/resx.db`, in WAL mode so that readers (the app's pages, a second
 process, the command line) never wait for the writer. Tables: `meta` (schema version), `runs`
 (one row per run: status, config and result as JSON), `metrics` (records in long format) and
-`artifacts` (files a run wrote, with their sha256) and, since version 2, `cache_hits` (a request
-served by an existing identical run, cache.py) with `runs.cache_key`. Timestamps are ISO-8601 UTC strings.
+`artifacts` (files a run wrote, with their sha256); since version 2, `cache_hits` (a request
+served by an existing identical run, cache.py) with `runs.cache_key`; since version 3, `classes`,
+`class_members` and `class_runs` (a class code groups runs, with each student's prediction; it grants
+nothing). Timestamps are ISO-8601 UTC strings.
 
 Threads: every thread gets its own connection (closed when the thread ends or on `close()`);
 writes within one process are serialised by a lock and run in `BEGIN IMMEDIATE` transactions, so
@@ -36,7 +38,7 @@ from ..core.records import Record
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 STATUSES = ("queued", "running", "done", "failed", "cancelled", "diverged", "interrupted")
 ACTIVE_STATUSES = ("queued", "running")
 FINISHED_STATUSES = ("done", "failed", "cancelled", "diverged", "interrupted")
@@ -67,8 +69,22 @@ CREATE TABLE cache_hits (
     run_id TEXT NOT NULL REFERENCES runs(id), source TEXT NOT NULL, created TEXT NOT NULL);
 CREATE INDEX cache_hits_run ON cache_hits(run_id);
 """
+# Classes (issue 13): a class code groups runs and grants nothing. `classes` knows whether a class is
+# closed; `class_members` fixes each student's join order (their assignment: a width, an n, a seed);
+# `class_runs` tags a run with its class, its student, the lesson step and the student's prediction.
+_V3 = """
+CREATE TABLE classes (code TEXT PRIMARY KEY, created TEXT NOT NULL, closed TEXT);
+CREATE TABLE class_members (
+    code TEXT NOT NULL REFERENCES classes(code), student TEXT NOT NULL, joined TEXT NOT NULL,
+    PRIMARY KEY (code, student));
+CREATE TABLE class_runs (
+    run_id TEXT NOT NULL REFERENCES runs(id), code TEXT NOT NULL REFERENCES classes(code),
+    student TEXT NOT NULL, step TEXT NOT NULL, prediction TEXT NOT NULL, created TEXT NOT NULL,
+    PRIMARY KEY (run_id, code, step));
+CREATE INDEX class_runs_code ON class_runs(code);
+"""
 # Migration k takes the schema from version k-1 to k; append, never edit a released one.
-MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2}
+MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3}
 
 # Tokens of the Store objects open in this process; a run owned by this pid under a token not
 # in here was left behind by a Store that has been closed.
@@ -259,6 +275,7 @@ class Store:
             c.execute("DELETE FROM metrics WHERE run_id = ?", (run_id,))
             c.execute("DELETE FROM cache_hits WHERE run_id = ?", (run_id,))
             c.execute("DELETE FROM artifacts WHERE run_id = ?", (run_id,))
+            c.execute("DELETE FROM class_runs WHERE run_id = ?", (run_id,))
             return c.execute("DELETE FROM runs WHERE id = ?", (run_id,)).rowcount > 0
         return self._write(delete)
 
@@ -385,6 +402,53 @@ class Store:
                "metrics": [r.to_dict() for r in self.records(run_id)]}
         with open(path, "w", encoding="utf-8") as f:
             json.dump(doc, f, indent=1, default=_json_default)
+
+    # -- classes (a code groups runs; it grants nothing) ---------------------------------------
+    def open_class(self, code: str) -> dict:
+        """The class `code`, created open if it is new; returns {"code", "created", "closed"}."""
+        self._write(lambda c: c.execute("INSERT OR IGNORE INTO classes VALUES (?, ?, NULL)", (code, utc_now())))
+        return self.class_info(code)
+
+    def class_info(self, code: str) -> dict | None:
+        rows = self._query("SELECT code, created, closed FROM classes WHERE code = ?", (code,))
+        return dict(zip(("code", "created", "closed"), rows[0])) if rows else None
+
+    def close_class(self, code: str) -> None:
+        """A closed class takes no more runs; its runs and board stay readable."""
+        self.open_class(code)
+        self._write(lambda c: c.execute("UPDATE classes SET closed = ? WHERE code = ? AND closed IS NULL",
+                                        (utc_now(), code)))
+
+    def join_class(self, code: str, student: str) -> int:
+        """The student's place in the class in join order (0 for the first); joins on first call."""
+        if (self.open_class(code) or {}).get("closed"):
+            raise ValueError(f"class {code!r} is closed: it takes no new students or runs")
+        self._write(lambda c: c.execute("INSERT OR IGNORE INTO class_members VALUES (?, ?, ?)",
+                                        (code, student, utc_now())))
+        students = [r[0] for r in self._query(
+            "SELECT student FROM class_members WHERE code = ? ORDER BY joined, rowid", (code,))]
+        return students.index(student)
+
+    def tag_run(self, run_id: str, code: str, student: str, step: str = "", prediction: str = "") -> None:
+        """File the run under the class with who ran it and what they predicted; a closed class refuses."""
+        info = self.open_class(code)
+        if info["closed"]:
+            raise ValueError(f"class {code!r} is closed: it takes no new runs")
+
+        def insert(c):
+            self._require(c, run_id)
+            c.execute("INSERT OR IGNORE INTO class_members VALUES (?, ?, ?)", (code, student, utc_now()))
+            c.execute("INSERT OR REPLACE INTO class_runs VALUES (?, ?, ?, ?, ?, ?)",
+                      (run_id, code, student, step, prediction, utc_now()))
+        self._write(insert)
+
+    def class_runs(self, code: str) -> list[dict]:
+        """The class's tagged runs, oldest first: the run's row plus student, step and prediction (a run
+        that answers two lesson steps appears once per step)."""
+        rows = self._query(f"SELECT {', '.join('r.' + c for c in _RUN_COLUMNS.split(', '))}, "
+                           "t.student, t.step, t.prediction FROM class_runs t JOIN runs r ON r.id = t.run_id "
+                           "WHERE t.code = ? ORDER BY t.created, r.id", (code,))
+        return [_run_dict(row[:-3]) | dict(zip(("student", "step", "prediction"), row[-3:])) for row in rows]
 
     def schema_version(self) -> int:
         return int(self._query("SELECT value FROM meta WHERE key = 'schema_version'")[0][0])
