@@ -42,7 +42,7 @@ def margin_panel(result: dict, config: dict):
     else:
         descent = ":orange-badge[descent not observable]"
     st.markdown(f"Position **{chosen}**: {nonzero} {descent}")
-    cols = st.columns(4)
+    cols = st.columns(2) + st.columns(2)   # two rows: four metrics do not fit a half-width column
     cols[0].metric("$U_P$ (probe)", fmt(m["kappa2_U"], digits=3), help="one-sided lower bound " + fmt(m.get("kappa2_U_lcb")))
     cols[0].caption(f"± {fmt(m['kappa2_U_se'], digits=2)} (1 SE)")
     if m.get("slope_cross") is not None:
