@@ -28,7 +28,7 @@ from browser_util import (LIVE_POINT, PLOTLY, Server, count_charts, fill_lab_for
 pytestmark = pytest.mark.browser
 
 # Small enough that the whole pipeline finishes in seconds on 2 cores.
-SMALL = dict(n=300, n_probe=300, n_test=300, epochs=3, finetune_epochs=1, width=16)
+SMALL = dict(n=300, n_probe=300, n_test=300, epochs=3, finetune_epochs=1, width=16, m_cert=4096)
 # Long enough that it is still in base training when Stop is pressed (about 15 batches/epoch).
 LONG = dict(n=2000, n_probe=300, n_test=300, epochs=200, finetune_epochs=1, width=16)
 STOP = re.compile(r"^(Stop|Stop run|Cancel run)$")  # the Lab's button that cancels the job
@@ -124,7 +124,7 @@ def test_lab_run_finishes_with_every_panel(finished_run):
     assert "preset=demo-mlp" in url
     # the "Every term" expander opens onto the table of terms
     pg.get_by_text("Every term").click()
-    pg.locator('[data-testid="stTable"]').first.wait_for(timeout=10_000)
+    pg.locator('[data-testid="stTable"]').nth(1).wait_for(timeout=10_000)  # after the certificates table
 
 
 def test_reload_and_shared_link_reattach_to_the_finished_run(finished_run, browser, server):

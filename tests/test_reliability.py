@@ -47,7 +47,7 @@ pytestmark = pytest.mark.reliability
 APP_TIMEOUT = 120  # AppTest's default (3 s) is shorter than importing torch
 # Long enough to still be in base training when it is killed (16 batches an epoch).
 LONG_FORM = dict(n=2000, n_probe=300, n_test=300, epochs=200, finetune_epochs=1, width=16)
-SMALL_FORM = dict(n=300, n_probe=300, n_test=300, epochs=2, finetune_epochs=1, width=16)
+SMALL_FORM = dict(n=300, n_probe=300, n_test=300, epochs=2, finetune_epochs=1, width=16, m_cert=4096)
 TINY = dict(n=200, n_probe=100, n_test=100, n_pop=512, m_cert=2048, epochs=2, finetune_epochs=1, width=8, depth=2,
             position=1)
 FLUSHES = 2          # distinct flushes seen in the store before a kill
