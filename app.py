@@ -7,8 +7,8 @@ from ui.demo import apply_demo_settings
 st.set_page_config(page_title="resx: depth expansion explorer", layout="wide")
 DEMO = apply_demo_settings()  # RESX_DEMO=1: one job at a time, small caps, the Lesson first
 
-LAB = st.Page("pages/lab.py", title="Lab", icon=":material/science:", url_path="lab")
-LESSON = st.Page("pages/lesson.py", title="Lesson", icon=":material/school:", url_path="lesson")
+LAB = st.Page("views/lab.py", title="Lab", icon=":material/science:", url_path="lab")
+LESSON = st.Page("views/lesson.py", title="Lesson", icon=":material/school:", url_path="lesson")
 
 
 def home():
@@ -19,12 +19,12 @@ def home():
 pages = [
     st.Page(home, title="Lab", url_path="home", default=True, visibility="hidden"),
     *([LESSON, LAB] if DEMO else [LAB, LESSON]),
-    st.Page("pages/class_board.py", title="Class", icon=":material/groups:", url_path="class"),
-    st.Page("pages/signals.py", title="Signals", icon=":material/monitoring:", url_path="signals"),
-    st.Page("pages/scaling.py", title="Scaling", icon=":material/grid_on:", url_path="scaling"),
-    st.Page("pages/allocation.py", title="Allocation", icon=":material/table_chart:", url_path="allocation"),
-    st.Page("pages/runs.py", title="Runs", icon=":material/history:", url_path="runs"),
-    st.Page("pages/theory.py", title="Theory", icon=":material/functions:", url_path="theory"),
+    st.Page("views/class_board.py", title="Class", icon=":material/groups:", url_path="class"),
+    st.Page("views/signals.py", title="Signals", icon=":material/monitoring:", url_path="signals"),
+    st.Page("views/scaling.py", title="Scaling", icon=":material/grid_on:", url_path="scaling"),
+    st.Page("views/allocation.py", title="Allocation", icon=":material/table_chart:", url_path="allocation"),
+    st.Page("views/runs.py", title="Runs", icon=":material/history:", url_path="runs"),
+    st.Page("views/theory.py", title="Theory", icon=":material/functions:", url_path="theory"),
 ]
 page = st.navigation(pages)
 

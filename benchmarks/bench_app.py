@@ -77,7 +77,7 @@ def apptest_lab(records, result: dict, reps: int) -> dict:
             try:
                 for _ in range(reps + 1):   # the first warms up
                     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
-                    at.switch_page("pages/lab.py")
+                    at.switch_page("views/lab.py")
                     at.query_params["run"] = run_id
                     start = time.perf_counter()
                     at.run()

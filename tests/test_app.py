@@ -62,7 +62,7 @@ def test_lab_shows_a_run_without_a_jumpboard_and_says_what_eta_zero_means(app_ho
             store.set_status(run_id, "done")
             ids.append(run_id)
     for run_id, expected in zip(ids, ("No jumpboard", "No step along the P1 direction")):
-        at = AppTest.from_file("../pages/lab.py", default_timeout=TIMEOUT)
+        at = AppTest.from_file("../views/lab.py", default_timeout=TIMEOUT)
         at.query_params["run"] = run_id
         at.run()
         assert not at.exception, at.exception
@@ -92,7 +92,7 @@ def test_runs_page_lists_and_compares_runs(app_home):
     store.set_result(run_id, result)
     store.set_status(run_id, "done")
     at = AppTest.from_file("../app.py", default_timeout=TIMEOUT)
-    at.switch_page("pages/runs.py").run()
+    at.switch_page("views/runs.py").run()
     assert not at.exception
     frames = at.dataframe
     assert frames and run_id in frames[0].value["id"].tolist()
@@ -101,7 +101,7 @@ def test_runs_page_lists_and_compares_runs(app_home):
 def test_theory_page_renders_every_formula(app_home):
     """The Theory page renders THEORY.md with headers carrying anchors and formulas through st.latex."""
     at = AppTest.from_file("../app.py", default_timeout=TIMEOUT)
-    at.switch_page("pages/theory.py").run()
+    at.switch_page("views/theory.py").run()
     assert not at.exception
     assert len(at.get("latex")) >= 10
     assert any("Descent" in h.value for h in at.header)
@@ -112,7 +112,7 @@ def test_scaling_page_runs_a_grid_and_draws_figure_3(app_home):
     import ui
 
     at = AppTest.from_file("../app.py", default_timeout=TIMEOUT)
-    at.switch_page("pages/scaling.py").run()
+    at.switch_page("views/scaling.py").run()
     assert not at.exception
     for label, value in (("depths", "1"), ("widths", "8,16"), ("seeds", "0")):
         next(w for w in at.text_input if w.label == label).set_value(value)
@@ -132,7 +132,7 @@ def test_scaling_page_runs_a_grid_and_draws_figure_3(app_home):
 def test_scaling_page_rejects_a_bad_grid(app_home):
     """Depths that are not integers give an error naming the field; nothing is submitted."""
     at = AppTest.from_file("../app.py", default_timeout=TIMEOUT)
-    at.switch_page("pages/scaling.py").run()
+    at.switch_page("views/scaling.py").run()
     next(w for w in at.text_input if w.label == "depths").set_value("1,two")
     next(b for b in at.button if b.label == "Run the grid").click().run()
     assert any("depths" in e.value and "integers" in e.value for e in at.error)
@@ -141,7 +141,7 @@ def test_scaling_page_rejects_a_bad_grid(app_home):
 def test_allocation_page_shows_table_3(app_home):
     """The Allocation page shows the eight GPT-3 configurations beside the law's projection."""
     at = AppTest.from_file("../app.py", default_timeout=TIMEOUT)
-    at.switch_page("pages/allocation.py").run()
+    at.switch_page("views/allocation.py").run()
     assert not at.exception
     assert len(at.dataframe[0].value) == 8
 
@@ -149,7 +149,7 @@ def test_allocation_page_shows_table_3(app_home):
 def test_signals_page_offers_the_figures(app_home):
     """The Signals page renders its form and explains what it computes before anything runs."""
     at = AppTest.from_file("../app.py", default_timeout=TIMEOUT)
-    at.switch_page("pages/signals.py").run()
+    at.switch_page("views/signals.py").run()
     assert not at.exception
     assert any(b.label.startswith("Compute figures") for b in at.button)
 
@@ -161,7 +161,7 @@ def test_lesson_asks_first_runs_then_tells_whether_the_prediction_was_right(app_
 
     at = AppTest.from_file("../app.py", default_timeout=TIMEOUT)
     at.query_params.update({"class": "APPTEST", "student": "ana"})
-    at.switch_page("pages/lesson.py").run()
+    at.switch_page("views/lesson.py").run()
     assert not at.exception
     run = next(b for b in at.button if b.label == "Lock in my prediction and run")
     assert run.disabled
@@ -174,6 +174,6 @@ def test_lesson_asks_first_runs_then_tells_whether_the_prediction_was_right(app_
     at.run()
     assert not at.exception
     assert any("not right" in e.value and "not at all" in e.value for e in at.error)
-    at.switch_page("pages/class_board.py").run()
+    at.switch_page("views/class_board.py").run()
     assert not at.exception
     assert any("1 student(s), 1 run(s)" in c.value for c in at.caption)

@@ -143,8 +143,8 @@ def test_reload_and_shared_link_reattach_to_the_finished_run(finished_run, brows
         ctx.close()
 
 
-RUNS_LINK_BUG = ("BUG: the Runs page links to /lab?run=<id> (see LAB_URL_BUG). Fix in pages/runs.py: "
-                 "cols[0].page_link('pages/lab.py', label=f'open {run_id} in the Lab', query_params={'run': run_id}), "
+RUNS_LINK_BUG = ("BUG: the Runs page links to /lab?run=<id> (see LAB_URL_BUG). Fix in views/runs.py: "
+                 "cols[0].page_link('views/lab.py', label=f'open {run_id} in the Lab', query_params={'run': run_id}), "
                  "or the app.py fix; then remove this xfail.")
 
 
@@ -271,9 +271,9 @@ def test_runs_page_logs_no_traceback(finished_run, page, server):
 
 
 def _linked_anchors() -> set[str]:
-    """Every Theory anchor the app links to: theory_link("<anchor>", ...) in ui/ and pages/."""
+    """Every Theory anchor the app links to: theory_link("<anchor>", ...) in ui/ and views/."""
     root = Path(__file__).resolve().parents[1]
-    sources = [*sorted((root / "ui").glob("*.py")), *sorted((root / "pages").glob("*.py"))]
+    sources = [*sorted((root / "ui").glob("*.py")), *sorted((root / "views").glob("*.py"))]
     return {m for f in sources for m in re.findall(r'theory_link\(\s*"([\w-]+)"', f.read_text())}
 
 

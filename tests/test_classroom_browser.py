@@ -63,7 +63,7 @@ def _predict_and_run(pg, choice: int) -> None:
 
 def test_a_servers_first_visitor_on_a_deep_link_gets_the_apps_menu(browser, demo):
     """The first request a fresh server gets is a teacher's /lesson link: the page runs through app.py
-    (the app's menu: Lab, Lesson, Class, ...), not as a lone file of pages/ (a menu of file names)."""
+    (the app's menu: Lab, Lesson, Class, ...), not as a lone page file with Streamlit's automatic menu of file names."""
     ctx, pg = _page(browser)
     try:
         pg.goto(demo.url + "/lesson?step=width")

@@ -35,8 +35,8 @@ from resx.runs.pipeline import CHECKPOINTS, load_checkpoint, run_pipeline
 
 APP_TIMEOUT = 120  # AppTest's default (3 s) is shorter than importing torch
 TINY = dict(n=100, n_probe=100, n_test=100, n_pop=512, m_cert=2048, epochs=1, finetune_epochs=1, width=8, depth=2, position=1)
-PAGES = ("pages/lab.py", "pages/signals.py", "pages/scaling.py", "pages/allocation.py", "pages/runs.py",
-         "pages/theory.py")
+PAGES = ("views/lab.py", "views/signals.py", "views/scaling.py", "views/allocation.py", "views/runs.py",
+         "views/theory.py")
 
 
 class Payload:
@@ -84,7 +84,7 @@ def test_no_page_has_a_free_text_field_for_a_folder_or_path(app_home):
         seen[page] = [w.label for w in (*at.text_input, *at.text_area, *at.get("chat_input"))]
         suspicious = [label for label in seen[page] if re.search(r"folder|path|dir|file|RESX", label, re.I)]
         assert not suspicious, (page, suspicious)
-    assert "depths" in seen["pages/scaling.py"], seen  # the check sees the text boxes there are
+    assert "depths" in seen["views/scaling.py"], seen  # the check sees the text boxes there are
 
 
 def _url_script():
@@ -222,7 +222,7 @@ def _calls(tree):
 def test_the_source_never_deserialises_unsafely():
     """Every torch.load in the app passes weights_only=True, every np.load allow_pickle=False, and nothing calls pickle/marshal/joblib/dill loaders or eval/exec."""
     sources = [*sorted((ROOT / "resx").rglob("*.py")), ROOT / "app.py", *sorted((ROOT / "ui").glob("*.py")),
-               *sorted((ROOT / "pages").glob("*.py"))]
+               *sorted((ROOT / "views").glob("*.py"))]
     bad = []
     for path in sources:
         for line, name, kw in _calls(ast.parse(path.read_text(), str(path))):

@@ -1,14 +1,10 @@
-"""The Streamlit side that pages share, split by panel; streamlit lives here and in pages/, never in resx/.
+"""The Streamlit side that pages share, split by panel; streamlit lives here and in views/, never in resx/.
 
 state (the job manager, task runner, operator settings) <- form (the Lab form and URL state),
 run_panels, route_panels, task_panels, teacher (links: hide=, lock=, class=), lesson, class_board, demo;
 text holds the on-screen number format and Theory links.
 Imports point one way: pages -> ui -> resx.
 """
-from ._navigation import leave_pages_directory_mode
-
-leave_pages_directory_mode()  # before anything else: a first visit to /lesson must not run pages/ on its own
-
 from .form import config_form, config_from_url, config_to_url, ints, upload_panel
 from .route_panels import certificates_panel, headline_panel, routes_panel
 from .run_panels import PHASE_LABELS, jumpboard_note, margin_panel, preservation_badge, status_banner

@@ -38,35 +38,9 @@ MANAGERS: list[JobManager] = []  # every manager this process made, so tests and
 TASK_RUNNERS: list[TaskRunner] = []
 
 
-def leave_pages_fallback() -> None:
-    """Rerun a script run that Streamlit made through its automatic `pages/` navigation.
-
-    Streamlit 1.67 decides per process: until some script run calls `st.navigation`, every run
-    goes through its multipage "v1" fallback, which runs the page file straight from `pages/`
-    without app.py and shows the lowercase file names as the menu. So when the first session
-    after a start opens `/lab?...` (a shared link, a class), app.py never ran, and every session
-    kept the fallback menu (issue 10). Turning the flag off and rerunning makes this and every
-    later run go through app.py (private API: `PagesManager.uses_pages_directory`). Only a
-    session's first run is rerun: it carries no click that a rerun would drop (AppTest resets
-    the flag before every run, so its later runs must go on as they are).
-    """
-    from streamlit.runtime.pages_manager import PagesManager
-    first = "_resx_started" not in st.session_state
-    st.session_state["_resx_started"] = True
-    if PagesManager.uses_pages_directory:
-        PagesManager.uses_pages_directory = False
-        if first:
-            st.rerun()
-
-
+@st.cache_resource
 def get_manager() -> JobManager:
     """One job manager and store per server process (design.md "Runs, jobs and the store")."""
-    leave_pages_fallback()
-    return _manager()
-
-
-@st.cache_resource
-def _manager() -> JobManager:
     data_dir = operator_setting("RESX_DATA_DIR")
     if data_dir:
         os.environ["RESX_DATA_DIR"] = data_dir  # resx.core.data reads the environment

@@ -60,7 +60,7 @@ def exported(run_id: str, kind: str) -> bytes:
 
 for run_id in ids:
     cols = st.columns([2, 1, 1, 1])
-    cols[0].page_link("pages/lab.py", label=f"open {run_id} in the Lab", query_params={"run": run_id})
+    cols[0].page_link("views/lab.py", label=f"open {run_id} in the Lab", query_params={"run": run_id})
     cols[1].download_button("metrics CSV", functools.partial(exported, run_id, "csv"), f"{run_id}.csv", "text/csv",
                             key=f"csv{run_id}", on_click="ignore")
     cols[2].download_button("run JSON", functools.partial(exported, run_id, "json"), f"{run_id}.json",
