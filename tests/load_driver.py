@@ -23,7 +23,7 @@ from urllib.parse import urlencode
 from browser_util import page_errors, status_alert
 
 FINAL = ("done", "failed", "cancelled", "diverged", "interrupted")
-NAV_TITLES = {"Lab", "Signals", "Scaling", "Allocation", "Runs", "Theory"}  # app.py's st.navigation
+NAV_TITLES = {"Lab", "Lesson", "Class", "Signals", "Scaling", "Allocation", "Runs", "Theory"}  # app.py's st.navigation
 
 
 @dataclass

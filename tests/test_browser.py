@@ -107,7 +107,7 @@ def _assert_finished_panels(pg, run_id: str) -> None:
     main_button(pg, STOP).wait_for(state="detached", timeout=15_000)  # an ended run has no Stop
     text = main_text(pg)
     assert run_id in text
-    for phrase in ("descent condition", "preserved", "Route A", "Route B"):
+    for phrase in ("gradient nonzero", "descent", "Did expansion lower the risk?", "Certificates", "preserved", "Route A", "Route B"):
         assert phrase in text, f"{phrase!r} missing from the Lab page of run {run_id}"
     assert count_charts(pg) >= PANELS
     assert not page_errors(pg), page_errors(pg)

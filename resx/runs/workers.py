@@ -20,6 +20,7 @@ fails that job with its exit code and is replaced.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
 import os
@@ -42,20 +43,28 @@ _start_lock = threading.Lock()
 _BARE_MAIN = types.ModuleType("__main__")  # no __file__, no __spec__: spawn imports no main module
 
 
-def _start(process) -> None:
-    """Start a spawned process without making it re-import the parent's `__main__`.
+@contextlib.contextmanager
+def spawn_without_main():
+    """Processes spawned inside this block do not re-import the parent's `__main__`.
 
-    Under `streamlit run`, `__main__` is the app script: spawn would run app.py again in every
-    worker (which would build a job manager of its own there). A worker needs nothing from it.
+    Under `streamlit run` (and after an AppTest in the same process) `__main__` is the app script:
+    spawn would run app.py again in every child, which builds a job manager and starts worker
+    processes of its own there, before the child has finished bootstrapping (a RuntimeError). A
+    child needs nothing from it. Used for the app's workers and the sweeps' process pool.
     """
     with _start_lock:
         main = sys.modules.get("__main__")
         sys.modules["__main__"] = _BARE_MAIN
         try:
-            process.start()
+            yield
         finally:
             if main is not None:
                 sys.modules["__main__"] = main
+
+
+def _start(process) -> None:
+    with spawn_without_main():
+        process.start()
 
 
 class WorkerDied(RuntimeError):

@@ -19,6 +19,7 @@ import torch  # before any worker starts (design.md "Engineering facts")
 
 from ..core.config import ConfigError
 from ..runs.jobs import Cancelled, default_workers
+from ..runs.workers import spawn_without_main
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,8 @@ class LocalExecutor:
                     todo = []
                 while todo and len(running) < self.workers:  # at most one cell per worker: cancel is prompt
                     config = todo.pop(0)
-                    running[self._ensure_pool().submit(_call_in_worker, fn, config)] = config
+                    with spawn_without_main():  # the pool spawns its processes on submit
+                        running[self._ensure_pool().submit(_call_in_worker, fn, config)] = config
                 done, _ = wait(running, timeout=0.1, return_when=FIRST_COMPLETED)
                 self._report(done, running, on_result)
         except KeyboardInterrupt:  # Ctrl-C: the running cells stop and are reported, then it goes up
