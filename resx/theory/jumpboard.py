@@ -102,26 +102,12 @@ def one_sided_slope(f_new: nn.Module, position: int, x, y, direction: dict, batc
     linear = sum((G[n] * direction[n]).sum() for n in G).item()
     if not isinstance(block, BasicBlock):
         return linear
-    kink, grabbed = 0.0, {}
-    handles = [block.register_forward_pre_hook(lambda m, args: grabbed.__setitem__("h", args[0].detach())),
-               block.register_forward_hook(lambda m, args, out: grabbed.__setitem__("out", out))]
-    was = f_new.training
-    f_new.eval()
-    try:
-        for i in range(0, len(x), batch_size):
-            with torch.enable_grad():
-                xb = x[i:i + batch_size].detach().requires_grad_(True)   # so `out` is in a graph
-                loss = F.cross_entropy(f_new(xb), y[i:i + batch_size], reduction="sum")
-                g = torch.autograd.grad(loss, grabbed["out"])[0]              # (n, C, H, W)
-            with torch.no_grad():
-                h = grabbed["h"]
-                zhat = normalised_branch(block, h)                            # (n, C, H, W)
-                response = direction["bn2.weight"][:, None, None] * zhat + direction["bn2.bias"][:, None, None]
-                kink += (g * (h == 0) * F.relu(response)).sum().item()
-    finally:
-        for handle in handles:
-            handle.remove()
-        f_new.train(was)
+    kink = 0.0
+    for h, g in _block_io(f_new, position, x, y, batch_size):
+        with torch.no_grad():
+            zhat = normalised_branch(block, h)                                # (n, C, H, W)
+            response = direction["bn2.weight"][:, None, None] * zhat + direction["bn2.bias"][:, None, None]
+            kink += (g * (h == 0) * F.relu(response)).sum().item()
     return linear + kink / len(x)
 
 
