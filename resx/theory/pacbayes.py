@@ -127,7 +127,7 @@ def pac_bayes_block(f_new: MLP, position: int, S_b: Split, delta: float, *, alph
     and bound L(Q_sigma); report the best sigma. `f_new` is the expanded model at phi0 whose old
     parameters and phi0 were fixed without S_b; it is not modified."""
     if not isinstance(f_new, MLP) or not isinstance(f_new.blocks[position], PostLNBlock):
-        raise NotImplementedError("the PAC-Bayes route is implemented for the mlp (post-LN blocks) only")
+        raise ValueError("arch=resnet has no PAC-Bayes route: it is derived for the mlp's post-LN blocks only (arch=mlp)")
     n_b = len(S_b)
     if n_b < 8:
         raise ValueError(f"S_b has {n_b} points; the kl PAC-Bayes bound needs at least 8")
