@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from resx.core.config import RunConfig
-from resx.core.models import MLP, ResNet, build_model, insert_block, resnet_plan
+from resx.core.models import FromPosition, MLP, ResNet, activations_at, build_model, insert_block, resnet_plan
 
 
 def _model(arch, depth=2, width=8, seed=0):
@@ -97,3 +97,15 @@ def test_build_model_rejects_vector_inputs_for_resnet():
     cfg = RunConfig(dataset="shapes", arch="resnet", depth=1, width=4, position=1)
     with pytest.raises(ValueError, match="image inputs"):
         build_model(cfg, (32,), 10)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "resnet"])
+def test_reading_a_model_from_a_position_gives_its_logits(arch):
+    """FromPosition(model, k) on the activations at k reproduces model(x), at every position."""
+    model, x = _model(arch)
+    _train_a_little(model, x, torch.randint(0, 5, (len(x),), generator=torch.Generator().manual_seed(1)))
+    model.eval()
+    with torch.no_grad():
+        full = model(x)
+        for k in range(len(model.blocks) + 1):
+            assert torch.allclose(FromPosition(model, k)(activations_at(model, x, k)), full, atol=1e-5)

@@ -6,7 +6,8 @@ import torch
 from resx.core.config import RunConfig
 from resx.core.data import load_data
 from resx.core.models import build_model
-from resx.core.train import Evaluator, draw_population, lr_at, train
+from resx.core.train import (Evaluator, LossMemo, StackedSplits, draw_population, lr_at, per_sample_losses, risk,
+                             train)
 
 SMALL = RunConfig(n=256, n_probe=64, n_test=128, n_pop=1024, m_cert=2048, width=16, depth=2, position=1,
                   epochs=2, finetune_epochs=1, batch_size=64)
@@ -118,3 +119,56 @@ def test_risks_are_float32_even_inside_an_autocast_region():
             bf16 = torch.nn.functional.cross_entropy(model(data.S.x).float(), data.S.y, reduction="none")
     assert inside.dtype == torch.float32 and torch.equal(inside, plain)
     assert not torch.equal(bf16, plain)
+
+
+def _resnet_task():
+    cfg = RunConfig(dataset="shapes", arch="resnet", depth=1, width=4, position=2, n=96, n_probe=32, n_test=48,
+                    n_pop=256, m_cert=256, epochs=1, finetune_epochs=1, batch_size=32, optimizer="sgd", lr=0.05)
+    data, model = _setup(cfg)
+    train(model, data, cfg, phase="base", epochs=1)
+    return cfg, data, model
+
+
+def _forward_counter(model):
+    calls = []
+    model.register_forward_hook(lambda module, args, out: calls.append(len(args[0])))
+    return calls
+
+
+def test_the_loss_memo_computes_each_model_and_sample_once():
+    """A LossMemo returns exactly per_sample_losses, runs the model once per (model, sample), and
+    tells a slice of a sample and another model apart."""
+    data, model = _setup(SMALL)
+    other = build_model(SMALL, data.input_shape, data.num_classes)
+    memo = LossMemo()
+    calls = _forward_counter(model)
+    first, correct = memo(model, data.S.x, data.S.y)
+    again, _ = memo(model, data.S.x, data.S.y)
+    assert sum(calls) == len(data.S.y)
+    plain, plain_correct = per_sample_losses(model, data.S.x, data.S.y)
+    assert torch.equal(first, plain) and torch.equal(again, plain) and torch.equal(correct, plain_correct)
+    head, _ = memo(model, data.S.x[:50], data.S.y[:50])
+    assert len(head) == 50 and torch.equal(head, plain[:50])
+    assert not torch.equal(memo(other, data.S.x, data.S.y)[0], plain)
+
+
+def test_stacked_splits_give_each_samples_own_risk_from_the_input_or_from_a_position():
+    """StackedSplits.risks equals risk() on each sample, starting at the input or from stored
+    activations at a position (mlp and resnet, eval mode), and after the block there changes."""
+    for cfg, data, model in ((SMALL, *_setup(SMALL)), _resnet_task()):
+        splits = {"S": data.S, "P": data.P, "T": data.T}
+        for fixed in (None, (model, cfg.position)):
+            stacked = StackedSplits(splits, fixed_until=fixed)
+            assert (stacked.position is None) == (fixed is None)
+            with torch.no_grad():
+                model.blocks[cfg.position].get_parameter(model.blocks[cfg.position].live_parameters[0]).add_(0.1)
+            for name, r in stacked.risks(model).items():
+                direct = risk(model, splits[name])
+                assert abs(r.loss - direct.loss) < 1e-6 and r.m == direct.m and abs(r.acc - direct.acc) < 1e-9
+
+
+def test_stacked_splits_start_from_the_input_when_the_activations_would_not_fit(monkeypatch):
+    import resx.core.train as train_module
+    cfg, data, model = _resnet_task()
+    monkeypatch.setattr(train_module, "PREFIX_BYTES", 1024)
+    assert StackedSplits({"S": data.S}, fixed_until=(model, cfg.position)).position is None

@@ -217,8 +217,8 @@ PRESETS: dict[str, RunConfig] = {
     # kink allows is observable at the chosen position (theory.md 4b), and a population sample large
     # enough to resolve the jumpboard's gain Delta_R; only the new block is fine-tuned.
     "mechanism-resnet": RunConfig(dataset="shapes", arch="resnet", depth=1, width=8, position=2, n=2000,
-                                  n_probe=4000, n_test=1000, n_pop=32768, optimizer="sgd", lr=0.05,
-                                  weight_decay=5e-4, batch_size=128, epochs=8, finetune_epochs=2,
+                                  n_probe=4000, n_test=1000, n_pop=32768, m_cert=65536, optimizer="sgd",
+                                  lr=0.05, weight_decay=5e-4, batch_size=128, epochs=8, finetune_epochs=2,
                                   finetune="block"),
     # synthetic images, ResNet-8 (one block per stage), base channels 8. Eight epochs leave the old
     # model short of fitting S, so the expanded model fine-tunes every parameter, like the control.

@@ -55,9 +55,9 @@ class MLP(nn.Module):
 
     def features(self, x):
         """The representation before the head: (n, w)."""
-        h = self.embed(x)
-        for block in self.blocks:
-            h = block(h)
+        return self.pool(run_blocks(self, self.embed(x), 0))
+
+    def pool(self, h):
         return h
 
     def forward(self, x):
@@ -126,9 +126,9 @@ class ResNet(nn.Module):
 
     def features(self, x):
         """Globally pooled representation before the head: (n, 4w)."""
-        h = self.embed(x)
-        for block in self.blocks:
-            h = block(h)
+        return self.pool(run_blocks(self, self.embed(x), 0))
+
+    def pool(self, h):
         return h.mean(dim=(2, 3))
 
     def forward(self, x):
@@ -146,6 +146,25 @@ class ResNet(nn.Module):
         nn.init.kaiming_normal_(block.conv1.weight, mode="fan_out", nonlinearity="relu")
         nn.init.kaiming_normal_(block.conv2.weight, mode="fan_out", nonlinearity="relu")
         return block.zero_init_()
+
+
+def run_blocks(model: nn.Module, h: torch.Tensor, start: int, stop: int | None = None) -> torch.Tensor:
+    """h through blocks[start:stop]: the activation at position `stop` from the one at `start`."""
+    for block in model.blocks[start:stop]:
+        h = block(h)
+    return h
+
+
+class FromPosition(nn.Module):
+    """`model` read from the activation at `position` on: h_k -> logits (blocks[k:], pool, head).
+    For evaluating a model whose blocks before k are fixed on stored activations h_k."""
+
+    def __init__(self, model: nn.Module, position: int):
+        super().__init__()
+        self.model, self.position = model, position
+
+    def forward(self, h):
+        return self.model.head(self.model.pool(run_blocks(self.model, h, self.position)))
 
 
 def build_model(cfg: RunConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
@@ -234,10 +253,7 @@ def activations_at(model: nn.Module, x: torch.Tensor, position: int, batch_size:
     model.eval()
     out = []
     for i in range(0, len(x), batch_size):
-        h = model.embed(x[i:i + batch_size])
-        for block in model.blocks[:position]:
-            h = block(h)
-        out.append(h)
+        out.append(run_blocks(model, model.embed(x[i:i + batch_size]), 0, position))
     model.train(was)
     return torch.cat(out)
 

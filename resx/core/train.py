@@ -20,11 +20,13 @@ import torch.nn.functional as F
 
 from .config import RunConfig
 from .data import Split, TaskData, iterate_batches
+from .models import FromPosition, activations_at
 from .records import Record, RecordSink, discard
 
 log = logging.getLogger(__name__)
 
 EVAL_BATCH = 4096
+PREFIX_BYTES = 256 << 20   # StackedSplits keeps activations up to this size
 POP_CURVE_POINTS = 8192   # population sample used for the live curves; the final numbers use n_pop
 # A batch loss above DIVERGED_FACTOR * log K (46 nats for K = 10: the true class gets probability
 # e^-46 on average) means the run has blown up. A post-LN network rarely reaches inf or NaN,
@@ -67,12 +69,60 @@ def per_sample_losses(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     return torch.cat(losses), torch.cat(correct)
 
 
-def risk(model: nn.Module, split: Split) -> Risk:
-    """L_A(f) = mean_i l(f(x_i), y_i) on a sample A, with stderr = std / sqrt(m) (theory.md 1)."""
-    losses, correct = per_sample_losses(model, split.x, split.y)
+class LossMemo:
+    """per_sample_losses, each (model, sample) pair computed once: the evaluate, terms and certify
+    steps difference the same final models on the same samples (2^17 population points each time).
+    Only for models that no longer change; the memo holds them, so an id is never reused."""
+
+    def __init__(self):
+        self._memo: dict = {}
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 batch_size: int = EVAL_BATCH) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (id(model), x.data_ptr(), tuple(x.shape), y.data_ptr())
+        if key not in self._memo:
+            self._memo[key] = (model, per_sample_losses(model, x, y, batch_size))
+        return self._memo[key][1]
+
+
+def risk(model: nn.Module, split: Split, losses: Callable = per_sample_losses) -> Risk:
+    """L_A(f) = mean_i l(f(x_i), y_i) on a sample A, with stderr = std / sqrt(m) (theory.md 1).
+    `losses`: per_sample_losses or a LossMemo."""
+    return _risk_of(*losses(model, split.x, split.y))
+
+
+def _risk_of(losses: torch.Tensor, correct: torch.Tensor) -> Risk:
     m = len(losses)
     se = losses.std().item() / math.sqrt(m) if m > 1 else float("nan")
     return Risk(losses.mean().item(), se, correct.float().mean().item(), m)
+
+
+class StackedSplits:
+    """Several samples as one tensor, so that a model's risk on each takes one pass, not one per
+    sample (the jumpboard's line search: S, P2, T and a population slice at every step).
+    Exact in eval mode, where every sample's loss depends on that sample alone.
+
+    With `fixed_until=(model, k)`: the stem and blocks before position k will not change, so the
+    activations at k are computed once and every later pass starts there (when they fit in
+    PREFIX_BYTES; otherwise every pass starts from the input)."""
+
+    def __init__(self, splits: dict[str, Split], fixed_until: Optional[tuple[nn.Module, int]] = None):
+        self.names = list(splits)
+        self.sizes = [len(s.y) for s in splits.values()]
+        self.x = torch.cat([s.x for s in splits.values()])
+        self.y = torch.cat([s.y for s in splits.values()])
+        self.position = None
+        if fixed_until is not None:
+            model, k = fixed_until
+            one = activations_at(model, self.x[:1], k)
+            if one.element_size() * one.numel() * len(self.x) <= PREFIX_BYTES:
+                self.x, self.position = activations_at(model, self.x, k, batch_size=EVAL_BATCH), k
+
+    def risks(self, model: nn.Module) -> dict[str, Risk]:
+        reader = model if self.position is None else FromPosition(model, self.position)
+        losses, correct = per_sample_losses(reader, self.x, self.y)
+        return {name: _risk_of(l, c) for name, l, c in
+                zip(self.names, losses.split(self.sizes), correct.split(self.sizes))}
 
 
 def draw_population(data: TaskData, n: int, seed: int) -> Optional[Split]:

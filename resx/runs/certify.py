@@ -13,7 +13,7 @@ import torch
 from ..core.config import RunConfig
 from ..core.data import Split, TaskData
 from ..core.models import build_model, insert_block
-from ..core.train import train
+from ..core.train import per_sample_losses, train
 from ..theory.bounds import loss_bound
 from ..theory.certificates import certificate_from_losses, paired_difference, sample_losses
 from ..theory.pacbayes import pac_bayes_block
@@ -40,14 +40,14 @@ def certification_sample(cfg: RunConfig, data: TaskData) -> tuple[list[Split], s
     return chunks, f"a fresh sample of m_cert = {cfg.m_cert} points"
 
 
-def headline(models: dict, data: TaskData, population: Optional[Split]) -> dict:
+def headline(models: dict, data: TaskData, population: Optional[Split], losses=per_sample_losses) -> dict:
     """Did expansion lower the risk? L(f) - L(f_old) for f_new, f_J and the control, paired on one
     sample (population on synthetic tasks, T on real data), with standard errors."""
     sample, risk = (population, "L") if population is not None else (data.T, "L_T")
-    losses = {name: sample_losses(model, sample) for name, model in models.items()}
+    per_sample = {name: sample_losses(model, sample, losses) for name, model in models.items()}
     rows = []
     for name, label in HEADLINE:
-        diff, se = paired_difference(losses["old"], losses[name])
+        diff, se = paired_difference(per_sample["old"], per_sample[name])
         rows.append({"model": name, "label": label.replace("L(", f"{risk}(") if risk != "L" else label,
                      "difference": diff, "se": se, "lower": diff < -2 * se, "higher": diff > 2 * se})
     return {"risk": risk, "m": len(sample), "rows": rows,
@@ -132,9 +132,11 @@ def summary(result: dict, holdout: dict, pac: dict) -> dict:
                                 f"{tightest['slack']:.4g}") if tightest else ""}
 
 
-def certify(cfg: RunConfig, data: TaskData, population: Optional[Split], models: dict, result: dict) -> dict:
-    """{"headline": ..., "certificates": {...}} for result.json. `models`: old, new, control, f_J."""
+def certify(cfg: RunConfig, data: TaskData, population: Optional[Split], models: dict, result: dict,
+            losses=per_sample_losses) -> dict:
+    """{"headline": ..., "certificates": {...}} for result.json. `models`: old, new, control, f_J;
+    `losses`: the run's LossMemo, so the headline reuses the evaluate step's population losses."""
     holdout = holdout_certificates(cfg, data, models)
     pac = pac_bayes_route(cfg, data, population)
-    return {"headline": headline(models, data, population),
+    return {"headline": headline(models, data, population, losses),
             "certificates": {"holdout": holdout, "pac_bayes": pac} | summary(result, holdout, pac)}

@@ -19,7 +19,7 @@ from ..core.config import RunConfig
 from ..core.data import Split, load_data
 from ..core.models import build_model, insert_block, new_block_parameter_names
 from ..core.records import Record, RecordSink, discard
-from ..core.train import Evaluator, draw_population, resolve_device, risk, train
+from ..core.train import Evaluator, LossMemo, draw_population, per_sample_losses, resolve_device, risk, train
 from ..theory.bounds import complexity, loss_bound, make_terms, tighter_route
 from ..theory.jumpboard import jump_margins, jumpboard_path
 from ..theory.kink import best_of_positions
@@ -33,12 +33,12 @@ MARGIN_SNAPSHOTS = 20   # columns of the live descent-margin heatmap during base
 SNAPSHOT_S = 512        # points of S that calibrate the candidates of a heatmap column
 
 
-def risks_of(model, data, population) -> dict:
+def risks_of(model, data, population, losses=per_sample_losses) -> dict:
     """L_S, L_T, L_P and the population risk with its standard error (None for real data)."""
-    out = {"L_S": risk(model, data.S).loss, "L_T": risk(model, data.T).loss, "L_P": risk(model, data.P).loss,
-           "L_pop": None, "L_pop_se": None}
+    out = {"L_S": risk(model, data.S, losses).loss, "L_T": risk(model, data.T, losses).loss,
+           "L_P": risk(model, data.P, losses).loss, "L_pop": None, "L_pop_se": None}
     if population is not None:
-        r = risk(model, population)
+        r = risk(model, population, losses)
         out["L_pop"], out["L_pop_se"] = r.loss, r.stderr
     return out
 
@@ -63,6 +63,7 @@ def run_pipeline(cfg: RunConfig, sink: RecordSink = discard, cancel: Optional[th
     data = load_data(cfg, device)
     population = draw_population(data, cfg.n_pop, seed=cfg.seed + 10_007)
     evaluator = Evaluator(data, population)
+    losses = LossMemo()   # each final model's per-sample losses on each sample, computed once
     result: dict = {"config": cfg.to_dict(), "status": "running", "device": str(device),
                     "num_classes": data.num_classes, "input_shape": list(data.input_shape),
                     "bayes_risk": data.bayes_risk[0] if data.bayes_risk else None,
@@ -133,23 +134,26 @@ def run_pipeline(cfg: RunConfig, sink: RecordSink = discard, cancel: Optional[th
     models["jumpboard"] = f_J
 
     for name, model in models.items():
-        result[name if name != "jumpboard" else "f_J"] = risks_of(model, data, population)
+        result[name if name != "jumpboard" else "f_J"] = risks_of(model, data, population, losses)
     lap("evaluate")
-    result.update(guarantees(cfg, data, population, old, f_J, new, phi0, result))
-    result["expansion_beats_control"] = expansion_against_control(new, control, data, population, cfg.delta)
+    result.update(guarantees(cfg, data, population, old, f_J, new, phi0, result, losses))
+    result["expansion_beats_control"] = expansion_against_control(new, control, data, population, cfg.delta,
+                                                                  losses)
     lap("terms_and_routes")
     sink(Record("certify", 0, "", "progress", 0.0))   # headline, hold-out and PAC-Bayes certificates
-    result.update(certify(cfg, data, population, {"old": old, "new": new, "control": control, "f_J": f_J}, result))
+    result.update(certify(cfg, data, population, {"old": old, "new": new, "control": control, "f_J": f_J}, result,
+                          losses))
     sink(Record("certify", 0, "", "progress", 1.0))
     lap("certify")
     result["status"] = "done"
     return _finish(result, timings, out_dir, models)
 
 
-def guarantees(cfg: RunConfig, data, population, old, f_J, new, phi0, result: dict) -> dict:
+def guarantees(cfg: RunConfig, data, population, old, f_J, new, phi0, result: dict,
+               losses=per_sample_losses) -> dict:
     """Complexity terms, the three gains and routes A and B (theory.md 6-8)."""
     c = max(loss_bound(model, data.S.x, cfg.arch)["c"] for model in (old, f_J, new))
-    jump = jump_margins(old, f_J, data.T, population, delta=cfg.delta, loss_bound=c)
+    jump = jump_margins(old, f_J, data.T, population, delta=cfg.delta, loss_bound=c, losses=losses)
     M = complexity(new, data.S.x, bound=cfg.bound, reference=phi0, new_block_position=cfg.position)
     K = complexity(f_J, data.S.x, bound=cfg.bound, reference=phi0, new_block_position=cfg.position)
     r_new, r_J = result["new"], result["f_J"]
@@ -167,12 +171,12 @@ def guarantees(cfg: RunConfig, data, population, old, f_J, new, phi0, result: di
             "routes": {"A": route_A.to_dict(), "B": route_B.to_dict(), "tighter": tighter, "tighter_reason": reason}}
 
 
-def expansion_against_control(new, control, data, population, delta: float) -> dict:
+def expansion_against_control(new, control, data, population, delta: float, losses=per_sample_losses) -> dict:
     """L(control) - L(new) on L (synthetic) or L_T (real data), paired on one sample, with its se.
 
     "beats" when the difference is above 2 paired standard errors, "loses" when below -2, else "ties".
     """
-    paired = jump_margins(control, new, data.T, population, delta=delta)
+    paired = jump_margins(control, new, data.T, population, delta=delta, losses=losses)
     key, diff, se = (("L_pop", paired["Delta_R"], paired["Delta_R_se"]) if population is not None
                      else ("L_T", paired["Delta_R_T"], paired["Delta_R_T_se"]))
     old_key = "pop" if population is not None else "T"

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Iterable, Optional, Union
+from typing import Callable, Iterable, Optional, Union
 
 import numpy as np
 import torch
@@ -115,10 +115,12 @@ def certificate_from_losses(l_a: torch.Tensor, l_b: torch.Tensor, delta: float,
                               delta=float(delta), lo=-c_a, hi=c_b, clipped_a=clipped_a, clipped_b=clipped_b)
 
 
-def sample_losses(model: torch.nn.Module, sample: Union[Split, Iterable[Split]]) -> torch.Tensor:
-    """Per-sample losses on a Split, or on an iterable of Splits (chunks of one large sample)."""
+def sample_losses(model: torch.nn.Module, sample: Union[Split, Iterable[Split]],
+                  losses: Callable = per_sample_losses) -> torch.Tensor:
+    """Per-sample losses on a Split, or on an iterable of Splits (chunks of one large sample);
+    `losses`: per_sample_losses or a LossMemo."""
     chunks = [sample] if isinstance(sample, Split) else sample
-    return torch.cat([per_sample_losses(model, s.x, s.y)[0].double().cpu() for s in chunks])
+    return torch.cat([losses(model, s.x, s.y)[0].double().cpu() for s in chunks])
 
 
 def holdout(f_a: torch.nn.Module, f_b: torch.nn.Module, sample: Union[Split, Iterable[Split]], delta: float,

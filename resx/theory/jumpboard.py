@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -20,12 +20,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..core.models import BasicBlock
-from ..core.train import per_sample_losses, risk
+from ..core.train import StackedSplits, per_sample_losses, risk
 from .kink import DescentTest, KinkSample, descent_test, one_sided_terms, split_halves, steepest_direction
 from .margins import live_gradients, normalised_branch
 
 GRID_POINTS = 16           # log-spaced step sizes, plus eta = 0 as the reference
-CURVE_POP = 16_384   # population points behind the drawn curve's L_pop (the whole sample at eta*)
+CURVE_POP = 4096   # population points behind the drawn curve's L_pop (the whole sample at eta*): paired along eta
 GRID_RANGE = (1e-3, 1e1)   # in units of `step_scale`: from "no visible change" to "past any Taylor regime"
 MIN_FIT_POINTS = 4         # the quadratic fit uses at least the 4 smallest steps
 
@@ -277,14 +277,16 @@ def jumpboard_path(f_new: nn.Module, position: int, S, P, T, population=None, et
     # enough for it; the full population is evaluated only at eta*, whose numbers are shown.
     pop_curve = (None if population is None or len(population.y) <= CURVE_POP
                  else type(population)(population.x[:CURVE_POP], population.y[:CURVE_POP]))
+    samples = {"S": S, "P": P2, "T": T}
+    if population is not None:
+        samples["pop"] = pop_curve if pop_curve is not None else population
+    samples = StackedSplits(samples, fixed_until=(work, position))   # only the block at `position` moves
     for eta in etas:
         set_live_(work, position, phi0, direction, eta)
-        row = {"eta": eta, "L_S": risk(work, S).loss, "L_P": risk(work, P2).loss, "L_T": risk(work, T).loss,
-               "L_pop": None, "L_pop_se": None}
-        if population is not None:
-            r = risk(work, pop_curve if pop_curve is not None else population)
-            row["L_pop"], row["L_pop_se"] = r.loss, r.stderr
-        curve.append(row)
+        r = samples.risks(work)
+        curve.append({"eta": eta, "L_S": r["S"].loss, "L_P": r["P"].loss, "L_T": r["T"].loss,
+                      "L_pop": r["pop"].loss if "pop" in r else None,
+                      "L_pop_se": r["pop"].stderr if "pop" in r else None})
 
     best = min(range(len(curve)), key=lambda i: curve[i]["L_P"])       # first minimum: smallest eta
     eta_star = curve[best]["eta"]
@@ -334,7 +336,7 @@ def _quadratic_fit(etas, losses, points: int) -> tuple[float, float, float]:
 
 
 def jump_margins(f_old: nn.Module, f_J: nn.Module, T, population=None, delta: float = 0.05,
-                 loss_bound: Optional[float] = None) -> dict:
+                 loss_bound: Optional[float] = None, losses: Callable = per_sample_losses) -> dict:
     """Delta_R = L(f_old) - L(f_J) and Delta_R^T = L_T(f_old) - L_T(f_J) (theory.md 6).
 
     Both are paired differences on one sample, so their stderr is std_i(l_old,i - l_J,i)/sqrt(m)
@@ -343,9 +345,9 @@ def jump_margins(f_old: nn.Module, f_J: nn.Module, T, population=None, delta: fl
     >= 1 - delta, |Delta_R^T - Delta_R| <= 2 c sqrt(log(2/delta) / (2 m)) (valid because f_J was
     chosen on P, independent of T); Delta_R_T_lower = Delta_R^T minus that half-width.
     Delta_R and its se are None without a population sample (real data). Also returned: the
-    risks themselves, L_T_old, L_T_J, L_pop_old, L_pop_J.
+    risks themselves, L_T_old, L_T_J, L_pop_old, L_pop_J. `losses`: per_sample_losses or a LossMemo.
     """
-    out = _paired(f_old, f_J, T, "Delta_R_T")
+    out = _paired(f_old, f_J, T, "Delta_R_T", losses)
     m = len(T.y)
     out["m"] = m
     out["delta"] = delta
@@ -356,15 +358,15 @@ def jump_margins(f_old: nn.Module, f_J: nn.Module, T, population=None, delta: fl
         out["Delta_R_T_hoeffding"] = half
         out["Delta_R_T_lower"] = out["Delta_R_T"] - half
     if population is not None:
-        out.update(_paired(f_old, f_J, population, "Delta_R"))
+        out.update(_paired(f_old, f_J, population, "Delta_R", losses))
     else:
         out.update({"Delta_R": None, "Delta_R_se": None, "L_pop_old": None, "L_pop_J": None})
     return out
 
 
-def _paired(f_old, f_J, split, name: str) -> dict:
-    old, _ = per_sample_losses(f_old, split.x, split.y)
-    new, _ = per_sample_losses(f_J, split.x, split.y)
+def _paired(f_old, f_J, split, name: str, losses: Callable = per_sample_losses) -> dict:
+    old, _ = losses(f_old, split.x, split.y)
+    new, _ = losses(f_J, split.x, split.y)
     diff = (old - new).double()
     m = len(diff)
     se = diff.std().item() / math.sqrt(m) if m > 1 else math.nan

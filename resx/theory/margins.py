@@ -31,7 +31,10 @@ from ..core.records import Record
 from .kink import DescentTest, KinkSample, descent_test, one_sided_terms, split_halves, steepest_direction
 
 CHUNK = 1024   # samples per forward/backward pass; bounds the memory of the activations kept
-SE_POINTS = 16_384  # population points behind population_margins' standard error (its value uses all)
+CHUNK_INPUT_ELEMENTS = 1 << 18   # at most this many input numbers per chunk: vectors get bigger chunks
+MAX_CHUNK = 8192                 # (a chunk's fixed cost, hooks and autograd, dominates small vectors)
+POP_MARGIN_POINTS = 1 << 15   # population points behind kappa2_pop: its se is a quarter of U_P's at n_P = 2000
+SE_POINTS = 8192   # population points behind population_margins' standard error (its value uses all N)
 STAT_DTYPE = torch.float64   # per-sample statistics are differences of near-equal sums: keep float64
 
 
@@ -278,9 +281,9 @@ def live_gradients(block: nn.Module, h: torch.Tensor, g: torch.Tensor) -> BlockG
       dBN2.weight_c = sum_hw (u zhat)_c, zhat = (conv2 output - running mean) / sqrt(running var + eps).
     """
     if isinstance(block, PostLNBlock):
-        z = h                                                           # (n, w): F(h) = 0 at phi0
-        sigma = torch.sqrt(z.var(-1, unbiased=False, keepdim=True) + LN_EPS)
-        yhat = (z - z.mean(-1, keepdim=True)) / sigma                   # (n, w)
+        centred = h - h.mean(-1, keepdim=True)                          # z = h + F = h at phi0: (n, w)
+        sigma = torch.sqrt((centred * centred).mean(-1, keepdim=True) + LN_EPS)   # (Tensor.var is slower)
+        yhat = centred / sigma                                          # (n, w)
         delta = (g - g.mean(-1, keepdim=True) - yhat * (g * yhat).mean(-1, keepdim=True)) / sigma
         a = F.relu(block.w1(h))                                         # (n, w)
         return FactoredGrads(delta, a)
@@ -316,10 +319,18 @@ def block_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, position
     return {k: type(q[0]).cat(q) for k, q in parts.items()}
 
 
+def chunk_size(x: torch.Tensor, batch_size: int = CHUNK) -> int:
+    """Samples per pass: `batch_size`, raised for small inputs up to CHUNK_INPUT_ELEMENTS input
+    numbers (at most MAX_CHUNK). The mlp's 32-d vectors go 8192 at a time, 3x16x16 images 1024."""
+    per_sample = max(1, x[0].numel()) if len(x) else 1
+    return max(batch_size, min(MAX_CHUNK, CHUNK_INPUT_ELEMENTS // per_sample))
+
+
 def _chunks(model, x, y, positions, candidates, batch_size):
     """Yields {position: BlockGrads} for consecutive chunks of (x, y); model in eval mode."""
     was = model.training
     model.eval()
+    batch_size = chunk_size(x, batch_size)
     try:
         for i in range(0, len(x), batch_size):
             hg = _activations_and_gradients(model, x[i:i + batch_size], y[i:i + batch_size], positions)
@@ -355,17 +366,19 @@ def block_gradients_reference(model: nn.Module, x: torch.Tensor, y: torch.Tensor
 
 
 def population_margins(model, population, positions, candidates, delta: float = 0.05,
-                       batch_size: int = CHUNK) -> dict[int, MarginEstimate]:
-    """kappa_k^2 on a large fresh sample by U, streamed in two passes so memory stays O(chunk):
-    pass 1 accumulates sum_i g_i and sum_i ||g_i||^2 (U's value) over all N points, pass 2 the
-    psi_i for its se. The se needs only the variance of psi, so pass 2 runs over the first
-    SE_POINTS points (a relative error of about 1/sqrt(2 SE_POINTS) on the se, under 1%); the se
-    is still that of the N-point mean, 2 sqrt(var psi / N)."""
+                       batch_size: int = CHUNK, points: int = POP_MARGIN_POINTS) -> dict[int, MarginEstimate]:
+    """kappa_k^2 by U on the first N = min(points, len) points of a large fresh sample, streamed in
+    two passes so memory stays O(chunk): pass 1 accumulates sum_i g_i and sum_i ||g_i||^2 (U's
+    value) over the N points, pass 2 the psi_i for its se. The se needs only the variance of psi,
+    so pass 2 runs over the first SE_POINTS points (a relative error of about 1/sqrt(2 SE_POINTS)
+    on the se, under 1%); the se is still that of the N-point mean, 2 sqrt(var psi / N).
+    N is capped because every point costs a forward and backward pass (the risks use them all)."""
     positions = check_positions(model, positions)
     for k in positions:
         _check_zero_init(candidates[k], k)
         candidates[k].eval()
-    x, y, N = population.x, population.y, len(population.y)
+    N = min(points, len(population.y))
+    x, y = population.x[:N], population.y[:N]
     total: dict[int, torch.Tensor] = {}
     sq = {k: 0.0 for k in positions}
     for chunk in _chunks(model, x, y, positions, candidates, batch_size):
@@ -525,6 +538,7 @@ def _io_chunks(model, x, y, positions, candidates, batch_size):
     """Yields {position: (h, g, candidate)} for consecutive chunks of (x, y); model in eval mode."""
     was = model.training
     model.eval()
+    batch_size = chunk_size(x, batch_size)
     try:
         for i in range(0, len(x), batch_size):
             hg = _activations_and_gradients(model, x[i:i + batch_size], y[i:i + batch_size], positions)

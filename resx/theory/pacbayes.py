@@ -33,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..core.data import Split
-from ..core.models import LN_EPS, MLP, PostLNBlock
+from ..core.models import LN_EPS, MLP, PostLNBlock, run_blocks
 
 ALPHA = 0.1                                          # smoothing: C = log(K / alpha) = 4.6 nats for K = 10
 SIGMAS = tuple(0.002 * 2.0 ** k for k in range(5))   # 0.002 .. 0.032: the paid grid
@@ -88,10 +88,7 @@ def _noisy_linear(x, W, b, sigma, gen):
 
 def block_input(model: MLP, position: int, x: torch.Tensor) -> torch.Tensor:
     """h entering the block at `position` (the stem and the blocks before it are not random)."""
-    h = model.embed(x)
-    for block in model.blocks[:position]:
-        h = block(h)
-    return h
+    return run_blocks(model, model.embed(x), 0, position)
 
 
 def stochastic_logits(model: MLP, position: int, h: torch.Tensor, params: dict, sigma: float,
@@ -105,9 +102,7 @@ def stochastic_logits(model: MLP, position: int, h: torch.Tensor, params: dict, 
         branch = F.linear(F.relu(F.linear(h, params["w1.weight"], params["w1.bias"])),
                           params["w2.weight"], params["w2.bias"])
     h = F.layer_norm(h + branch, h.shape[-1:], eps=LN_EPS)
-    for block in model.blocks[position + 1:]:
-        h = block(h)
-    return model.head(h)
+    return model.head(run_blocks(model, h, position + 1))
 
 
 @dataclass
