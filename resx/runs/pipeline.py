@@ -187,6 +187,7 @@ def expansion_against_control(new, control, data, population, delta: float, loss
 
 def _finish(result: dict, timings: dict, out_dir: Optional[Path], models: dict) -> dict:
     result["timings"] = timings
+    result["torch_threads"] = torch.get_num_threads()   # at the end; the timings depend on it
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
