@@ -15,7 +15,10 @@ Processes are started with "spawn" (never fork a process that runs threads), onc
 pool is made, and reused job after job: importing torch costs seconds, a job should not pay it.
 Threads follow the load: the pool's thread budget (processes x torch_threads, at most the cores)
 is shared by the busy workers, cores // busy each, so a run alone on a 2-core server uses both
-cores and two runs one each; a running job picks up a change at its next record. A worker whose
+cores and two runs one each. A job keeps the count it started with: torch's reductions depend on
+the thread count in the last digits, so a run is reproducible from its seed and its recorded
+`torch_threads`, whatever the load did meanwhile (a job that started alone oversubscribes the
+cores until it ends, by one thread on 2 cores). A worker whose
 parent dies (the server killed with -9) exits within a second, leaving its run "running" in the
 store for `Store.recover_interrupted`, as an in-process thread would. A worker that dies mid-job
 fails that job with its exit code and is replaced.
@@ -98,14 +101,12 @@ def _worker_main(tasks, replies, cancel, threads_now, parent: int) -> None:
         if task is None:
             return
         config, out_dir = task
-        torch.set_num_threads(threads_now.value)
+        torch.set_num_threads(threads_now.value)   # for the whole job (recorded as torch_threads)
         batch: list = []
         last = time.monotonic()
 
         def sink(record):
             nonlocal last
-            if threads_now.value != torch.get_num_threads():  # the pool's load changed
-                torch.set_num_threads(threads_now.value)
             batch.append(record)
             now = time.monotonic()
             if now - last >= 0.05 or len(batch) >= 256:  # few, larger messages: less pickling
