@@ -173,8 +173,9 @@ def drive(browser, server, urls: list[str], timeout_s: float, probe: bool = True
                 report.bad_nav[i] = nav
             if page.locator('[data-testid="stAlert"]', has_text="Same configuration, seed and code").count():
                 report.cache_notes += 1
-        if screenshot is not None and pages:
-            pages[-1].screenshot(path=str(screenshot), full_page=True)
+        if screenshot is not None and pages:  # a session that never finished, if any: what it shows
+            unfinished = [page for i, page in enumerate(pages) if i not in report.statuses]
+            (unfinished or pages)[-1].screenshot(path=str(screenshot), full_page=True)
         return report
     finally:
         for ctx in contexts:

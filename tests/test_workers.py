@@ -124,21 +124,3 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
 
-
-def test_busy_workers_share_the_thread_budget(tmp_path):
-    """Two processes of one thread each: a job alone runs on both threads, two jobs on one each,
-    and the share goes back up when one ends."""
-    pool = WorkerPool(2, torch_threads=1)
-    try:
-        assert pool.threads_now.value == 2
-        result = pool(TINY, lambda record: None, None, tmp_path / "run")
-        assert result["status"] == "done" and result["torch_threads"] == 2
-        first = pool._take()
-        assert pool.threads_now.value == 2
-        second = pool._take()
-        assert pool.threads_now.value == 1
-        pool._give_back(second)
-        assert pool.threads_now.value == 2
-        pool._give_back(first)
-    finally:
-        pool.close()

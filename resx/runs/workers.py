@@ -13,12 +13,7 @@ the server process only routes records.
 
 Processes are started with "spawn" (never fork a process that runs threads), once, when the
 pool is made, and reused job after job: importing torch costs seconds, a job should not pay it.
-Threads follow the load: the pool's thread budget (processes x torch_threads, at most the cores)
-is shared by the busy workers, cores // busy each, so a run alone on a 2-core server uses both
-cores and two runs one each. A job keeps the count it started with: torch's reductions depend on
-the thread count in the last digits, so a run is reproducible from its seed and its recorded
-`torch_threads`, whatever the load did meanwhile (a job that started alone oversubscribes the
-cores until it ends, by one thread on 2 cores). A worker whose
+Each sets torch's threads to `torch_threads`, so processes x threads <= cores. A worker whose
 parent dies (the server killed with -9) exits within a second, leaving its run "running" in the
 store for `Store.recover_interrupted`, as an in-process thread would. A worker that dies mid-job
 fails that job with its exit code and is replaced.
@@ -84,12 +79,11 @@ def _watch_parent(parent: int) -> None:
         time.sleep(1.0)
 
 
-def _worker_main(tasks, replies, cancel, threads_now, parent: int) -> None:
-    """The worker process: run one job per task message, forward its records, reply its result.
-    `threads_now`: a shared int, the torch threads each busy worker should use now."""
+def _worker_main(tasks, replies, cancel, torch_threads: int, parent: int) -> None:
+    """The worker process: run one job per task message, forward its records, reply its result."""
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="resx-watch-parent").start()
     import torch
-    torch.set_num_threads(threads_now.value)
+    torch.set_num_threads(torch_threads)
     from .pipeline import run_pipeline
     # The first optimizer of a process imports torch._dynamo (seconds); pay it here, once, not in
     # the first job's base training.
@@ -101,7 +95,6 @@ def _worker_main(tasks, replies, cancel, threads_now, parent: int) -> None:
         if task is None:
             return
         config, out_dir = task
-        torch.set_num_threads(threads_now.value)   # for the whole job (recorded as torch_threads)
         batch: list = []
         last = time.monotonic()
 
@@ -124,10 +117,10 @@ def _worker_main(tasks, replies, cancel, threads_now, parent: int) -> None:
 
 
 class _Worker:
-    def __init__(self, threads_now):
+    def __init__(self, torch_threads: int):
         self.tasks, self.replies, self.cancel = _CTX.Queue(), _CTX.Queue(), _CTX.Event()
         self.process = _CTX.Process(target=_worker_main, name="resx-worker",
-                                    args=(self.tasks, self.replies, self.cancel, threads_now, os.getpid()),
+                                    args=(self.tasks, self.replies, self.cancel, torch_threads, os.getpid()),
                                     daemon=True)
         _start(self.process)
         self.ready = False
@@ -152,8 +145,7 @@ class _Worker:
 
 
 class WorkerPool:
-    """`processes` worker processes sharing processes x `torch_threads` torch threads (cores //
-    busy workers each, at least `torch_threads`); callable as a Runner.
+    """`processes` worker processes of `torch_threads` torch threads each; callable as a Runner.
 
     At most `processes` calls run at once (one per process); a further call waits for a free one.
     """
@@ -162,10 +154,8 @@ class WorkerPool:
         if processes < 1:
             raise ValueError(f"processes={processes!r} is not allowed: an integer >= 1")
         self.processes, self.torch_threads = processes, torch_threads
-        self.thread_budget = processes * torch_threads
-        self.threads_now = _CTX.Value("i", self.thread_budget, lock=False)  # one busy worker gets them all
         self._lock = threading.Condition()
-        self._idle: list[_Worker] = [_Worker(self.threads_now) for _ in range(processes)]
+        self._idle: list[_Worker] = [_Worker(torch_threads) for _ in range(processes)]
         self._busy: set[_Worker] = set()
         self._closed = False
 
@@ -199,26 +189,20 @@ class WorkerPool:
             worker = self._idle.pop()
             if not worker.alive():  # died while idle: replace it
                 worker.stop(0)
-                worker = _Worker(self.threads_now)
+                worker = _Worker(self.torch_threads)
             self._busy.add(worker)
-            self._share_threads()
             return worker
-
-    def _share_threads(self) -> None:
-        """Each busy worker's torch threads: the budget over the busy workers (caller holds the lock)."""
-        self.threads_now.value = max(self.torch_threads, self.thread_budget // max(1, len(self._busy)))
 
     def _give_back(self, worker: _Worker) -> None:
         with self._lock:
             self._busy.discard(worker)
-            self._share_threads()
             if self._closed:
                 closed = True
             else:
                 closed = False
                 if not worker.alive():
                     worker.stop(0)
-                    worker = _Worker(self.threads_now)
+                    worker = _Worker(self.torch_threads)
                 self._idle.append(worker)
                 self._lock.notify_all()
         if closed:
