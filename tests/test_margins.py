@@ -126,6 +126,11 @@ def test_streamed_population_margin_equals_the_in_memory_u_statistic():
         u = u_statistic(stored[k])
         assert streamed[k].value == pytest.approx(u.value, rel=1e-8)
         assert streamed[k].stderr == pytest.approx(u.stderr, rel=1e-6)
+    capped = population_margins(model, S, list(candidates), candidates, batch_size=512, points=1000)
+    for k in candidates:  # only the first `points` of the sample: U of those stored gradients
+        u = u_statistic(stored[k].subset(torch.arange(1000)))
+        assert capped[k].n == 1000 and capped[k].value == pytest.approx(u.value, rel=1e-8)
+        assert capped[k].stderr == pytest.approx(u.stderr, rel=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------
