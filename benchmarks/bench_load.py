@@ -40,19 +40,20 @@ from .harness import machine_info  # noqa: E402
 TIMEOUT_S = {"seeds": 1800, "identical": 600, "single": 300}
 
 
-def _server():
+def _server(worker_nice: int | None = None):
     from browser_util import Server
     home = Path(tempfile.mkdtemp(prefix="resx-bench-load-"))
-    return Server(home=home, log_path=home / "streamlit.log").start(timeout=180)
+    env = {} if worker_nice is None else {"RESX_WORKER_NICE": str(worker_nice)}
+    return Server(home=home, log_path=home / "streamlit.log").start(timeout=180, extra_env=env)
 
 
-def scenario(name: str, sessions: int, probe: bool = True) -> dict:
+def scenario(name: str, sessions: int, probe: bool = True, worker_nice: int | None = None) -> dict:
     from playwright.sync_api import sync_playwright
 
     from browser_util import launch_chromium
     from load_driver import drive, lab_url
 
-    server = _server()
+    server = _server(worker_nice)
     try:
         if name == "seeds":
             urls = [lab_url(server.url, {"seed": 1000 + k}) for k in range(sessions)]
@@ -66,7 +67,7 @@ def scenario(name: str, sessions: int, probe: bool = True) -> dict:
                 report = drive(browser, server, urls, TIMEOUT_S[name], probe=probe)
             finally:
                 browser.close()
-        out = {"scenario": name, **report.summary(), "loadavg_before": [round(x, 2) for x in load_before],
+        out = {"scenario": name, "worker_nice": worker_nice if worker_nice is not None else "default", **report.summary(), "loadavg_before": [round(x, 2) for x in load_before],
                "loadavg_after": [round(x, 2) for x in os.getloadavg()],
                "exceptions": {str(k): v[:1] for k, v in report.errors.items()}, **_pipeline_seconds(server.home)}
         return out
@@ -128,12 +129,14 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks.bench_load", description=__doc__.split("\n")[0])
     ap.add_argument("--scenario", choices=("seeds", "identical", "single"), action="append")
     ap.add_argument("--sessions", type=int, default=10)
+    ap.add_argument("--worker-nice", type=int, default=None,
+                    help="the workers' niceness (RESX_WORKER_NICE; default: the app's); 0 for the A/B")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     print(json.dumps({"machine": machine_info()}), flush=True)
     for name in args.scenario or ["single", "seeds", "identical"]:
         if name == "single":
-            app = scenario("single", 1, probe=False)
+            app = scenario("single", 1, probe=False, worker_nice=args.worker_nice)
             load = os.getloadavg()
             cli = cli_seconds()
             cli1 = cli_seconds(threads=1)
@@ -146,7 +149,7 @@ def main(argv=None) -> int:
                    "loadavg_app": app["loadavg_before"], "loadavg_cli": [round(x, 2) for x in load],
                    "loadavg_after": [round(x, 2) for x in os.getloadavg()]}
         else:
-            fig = scenario(name, args.sessions)
+            fig = scenario(name, args.sessions, worker_nice=args.worker_nice)
         print(json.dumps(fig), flush=True)
     return 0
 

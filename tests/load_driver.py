@@ -5,8 +5,11 @@ Each session is its own Playwright browser context (its own Streamlit session, a
 students' browsers are). Sessions open their URL, wait for the Lab form, then Run is pressed in
 all of them within about a second; the driver polls every page until it shows a final status,
 collecting exception boxes and the sidebar's navigation on the way. Beside them a probe session
-reloads the Lab again and again: the time from reload to the form drawn and settled is the page
-latency a student would feel during the load. Server memory is the summed RSS of the server's
+measures the page latency a student would feel during the load: about once a second it moves
+between the Lab and the Runs page through the app's menu (a page rerun: one script run over the
+open websocket), timed from the click to the new page drawn and settled; every fifth time it
+reloads the Lab instead (a new session: the browser boots the frontend again, most of it
+browser work), reported apart. Server memory is the summed RSS of the server's
 whole process tree (the Streamlit process and its worker processes), sampled every 0.25 s.
 """
 from __future__ import annotations
@@ -35,7 +38,8 @@ class LoadReport:
     errors: dict[int, list[str]] = field(default_factory=dict)  # exception boxes seen
     bad_nav: dict[int, list[str]] = field(default_factory=dict) # sidebar entries that are not the app's
     cache_notes: int = 0                                         # sessions told "same as run X"
-    latencies: list[float] = field(default_factory=list)         # probe: reload -> form settled, s
+    latencies: list[float] = field(default_factory=list)         # probe: menu click -> page settled, s
+    reload_latencies: list[float] = field(default_factory=list)  # probe: reload -> Lab form settled, s
     peak_rss_mb: float = 0.0
     wall_s: float = 0.0
 
@@ -43,11 +47,9 @@ class LoadReport:
     def all_done(self) -> bool:
         return len(self.statuses) == self.sessions and all(s == "done" for s in self.statuses.values())
 
-    def p95_latency(self) -> float | None:
-        if not self.latencies:
-            return None
-        xs = sorted(self.latencies)
-        return xs[min(len(xs) - 1, int(round(0.95 * (len(xs) - 1))))]
+    def p95_latency(self, reloads: bool = False) -> float | None:
+        xs = sorted(self.reload_latencies if reloads else self.latencies)
+        return xs[min(len(xs) - 1, int(round(0.95 * (len(xs) - 1))))] if xs else None
 
     def summary(self) -> dict:
         times = sorted(self.finished.values())
@@ -58,7 +60,9 @@ class LoadReport:
                 "first_done_s": round(min(times), 1) if times else None,
                 "median_done_s": round(statistics.median(times), 1) if times else None,
                 "p95_latency_s": None if self.p95_latency() is None else round(self.p95_latency(), 2),
-                "latency_samples": len(self.latencies), "peak_rss_mb": round(self.peak_rss_mb),
+                "latency_samples": len(self.latencies),
+                "p95_reload_latency_s": None if self.p95_latency(True) is None else round(self.p95_latency(True), 2),
+                "reload_samples": len(self.reload_latencies), "peak_rss_mb": round(self.peak_rss_mb),
                 "errors": sum(len(v) for v in self.errors.values()), "bad_nav": sum(map(len, self.bad_nav.values())),
                 "wall_s": round(self.wall_s, 1)}
 
@@ -100,6 +104,29 @@ def _nav_problems(page) -> list[str]:
     return [n for n in names if n and n not in NAV_TITLES]
 
 
+SETTLED = ("() => !document.querySelector('[data-stale=\"true\"]')"
+           " && !document.querySelector('[data-testid=\"stSkeleton\"]')")
+
+
+def _probe_once(page, cycle: int, report: LoadReport) -> None:
+    """One latency sample: every fifth a reload of the Lab, else a page rerun through the menu to
+    the page the probe is not on (Lab <-> Runs; it is on the Lab after a reload)."""
+    t0 = time.monotonic()
+    if cycle % 5 == 4:
+        page.goto(page.url.split("?")[0].rsplit("/", 1)[0] + "/lab")
+        target, into = page.get_by_role("button", name="Run", exact=True), report.reload_latencies
+    else:
+        to_runs = page.url.split("?")[0].endswith("/lab")
+        page.locator('[data-testid="stSidebarNav"] a', has_text="Runs" if to_runs else "Lab").click()
+        page.wait_for_url("**/runs*" if to_runs else "**/lab*", timeout=120_000)
+        target = (page.get_by_role("heading", name="Runs") if to_runs
+                  else page.get_by_role("button", name="Run", exact=True))
+        into = report.latencies
+    target.wait_for(timeout=120_000)
+    page.wait_for_function(SETTLED, timeout=120_000)
+    into.append(time.monotonic() - t0)
+
+
 def _final_status(page) -> str | None:
     for status in FINAL:
         if status_alert(page, status).count():
@@ -137,7 +164,7 @@ def drive(browser, server, urls: list[str], timeout_s: float, probe: bool = True
             page.get_by_role("button", name="Run", exact=True).click()
             pressed[i] = time.monotonic()
         deadline = start + timeout_s
-        next_probe = time.monotonic()
+        next_probe, cycle = time.monotonic(), 0
         while len(report.statuses) < len(pages) and time.monotonic() < deadline:
             for i, page in enumerate(pages):
                 if i in report.statuses:
@@ -149,13 +176,8 @@ def drive(browser, server, urls: list[str], timeout_s: float, probe: bool = True
                     m = re.search(r"[?&]run=([^&#]+)", page.url)
                     report.run_ids[i] = m.group(1) if m else ""
             if probe_page is not None and time.monotonic() >= next_probe:
-                t0 = time.monotonic()
-                probe_page.reload()
-                probe_page.get_by_role("button", name="Run", exact=True).wait_for(timeout=120_000)
-                probe_page.wait_for_function(
-                    "() => !document.querySelector('[data-stale=\"true\"]')"
-                    " && !document.querySelector('[data-testid=\"stSkeleton\"]')", timeout=120_000)
-                report.latencies.append(time.monotonic() - t0)
+                _probe_once(probe_page, cycle, report)
+                cycle += 1
                 next_probe = time.monotonic() + 1.0
             else:
                 time.sleep(0.25)

@@ -40,14 +40,16 @@ def _store(server):
 
 
 def test_six_sessions_with_their_own_seeds_all_finish(browser, server):
-    """Six sessions pressing Run together, each its own seed, all reach done: no exception box, no fallback navigation."""
+    """Six sessions pressing Run together, each its own seed, all reach done: no exception box, no
+    fallback navigation; the latency probe moves between pages meanwhile (its times are bench_load's)."""
     urls = [lab_url(server.url, {**TINY, "seed": 100 + k}) for k in range(SESSIONS)]
-    report = drive(browser, server, urls, TIMEOUT_S, probe=False)
+    report = drive(browser, server, urls, TIMEOUT_S, probe=True)
     print("\n", report.summary())
     assert not report.errors, report.errors
     assert not report.bad_nav, report.bad_nav
     assert report.all_done, (report.statuses, server.log_tail())
     assert len(set(report.run_ids.values())) == SESSIONS
+    assert report.latencies, "the probe never completed a page rerun"
     with _store(server) as store:
         seeds = sorted(store.get_run(r)["config"]["seed"] for r in report.run_ids.values())
     assert seeds == [100 + k for k in range(SESSIONS)]  # ?seed= set each session's run

@@ -124,3 +124,31 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
 
+
+
+def test_workers_run_at_lower_priority_than_the_server(pool):
+    """Each worker lowers its own priority by WORKER_NICE (the kernel's niceness of its pid, read
+    from outside), so a page's script run goes first when both want a core."""
+    from resx.runs.workers import WORKER_NICE
+    deadline = time.monotonic() + 60
+    (pid,) = pool.pids()
+    while os.getpriority(os.PRIO_PROCESS, pid) == os.getpriority(os.PRIO_PROCESS, 0):
+        assert time.monotonic() < deadline, "the worker never lowered its priority"
+        time.sleep(0.1)
+    assert os.getpriority(os.PRIO_PROCESS, pid) - os.getpriority(os.PRIO_PROCESS, 0) == WORKER_NICE
+
+
+@pytest.mark.parametrize("raw", ["-1", "20", "ten", "1.5"])
+def test_a_bad_worker_niceness_is_refused_with_what_is_allowed(monkeypatch, raw):
+    from resx.runs.workers import worker_nice
+    monkeypatch.setenv("RESX_WORKER_NICE", raw)
+    with pytest.raises(ValueError, match=r"RESX_WORKER_NICE=.*an integer from 0"):
+        worker_nice()
+
+
+def test_worker_niceness_from_the_environment(monkeypatch):
+    from resx.runs.workers import WORKER_NICE, worker_nice
+    monkeypatch.setenv("RESX_WORKER_NICE", "0")
+    assert worker_nice() == 0
+    monkeypatch.delenv("RESX_WORKER_NICE")
+    assert worker_nice() == WORKER_NICE

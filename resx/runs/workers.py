@@ -13,7 +13,11 @@ the server process only routes records.
 
 Processes are started with "spawn" (never fork a process that runs threads), once, when the
 pool is made, and reused job after job: importing torch costs seconds, a job should not pay it.
-Each sets torch's threads to `torch_threads`, so processes x threads <= cores. A worker whose
+Each sets torch's threads to `torch_threads`, so processes x threads <= cores, and lowers its own
+CPU priority by `nice` (WORKER_NICE): training is batch work that takes whatever CPU is idle,
+while a page's script run is what a student waits for, so the server's threads go first when both
+want a core (measured: bench_load's page-rerun latency); $RESX_WORKER_NICE sets it (0: the
+server's priority, for a machine that does nothing but train). A worker whose
 parent dies (the server killed with -9) exits within a second, leaving its run "running" in the
 store for `Store.recover_interrupted`, as an in-process thread would. A worker that dies mid-job
 fails that job with its exit code and is replaced.
@@ -37,6 +41,7 @@ from ..core.records import RecordSink
 
 log = logging.getLogger(__name__)
 
+WORKER_NICE = 10      # the workers' niceness above the server's (0 to 19; 10 is batch work's usual), or $RESX_WORKER_NICE
 POLL_S = 0.1          # how often the manager's thread looks at the cancel Event and the process
 _CTX = mp.get_context("spawn")
 _start_lock = threading.Lock()
@@ -71,6 +76,17 @@ class WorkerDied(RuntimeError):
     """The worker process ended while it ran a job (killed, out of memory, a crash in C)."""
 
 
+def worker_nice() -> int:
+    """$RESX_WORKER_NICE, an integer 0-19, or WORKER_NICE when unset."""
+    raw = os.environ.get("RESX_WORKER_NICE", "").strip()
+    if not raw:
+        return WORKER_NICE
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > 19:
+        raise ValueError(f"RESX_WORKER_NICE={raw!r} is not allowed: an integer from 0 (the server's "
+                         f"priority) to 19 (the lowest)")
+    return int(raw)
+
+
 def _watch_parent(parent: int) -> None:
     """Exit when the parent process is gone (kill -9 of the server): no orphan keeps training."""
     while True:
@@ -79,9 +95,11 @@ def _watch_parent(parent: int) -> None:
         time.sleep(1.0)
 
 
-def _worker_main(tasks, replies, cancel, torch_threads: int, parent: int) -> None:
+def _worker_main(tasks, replies, cancel, torch_threads: int, parent: int, nice: int = 0) -> None:
     """The worker process: run one job per task message, forward its records, reply its result."""
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="resx-watch-parent").start()
+    if nice:
+        os.nice(nice)
     import torch
     torch.set_num_threads(torch_threads)
     from .pipeline import run_pipeline
@@ -117,10 +135,10 @@ def _worker_main(tasks, replies, cancel, torch_threads: int, parent: int) -> Non
 
 
 class _Worker:
-    def __init__(self, torch_threads: int):
+    def __init__(self, torch_threads: int, nice: int):
         self.tasks, self.replies, self.cancel = _CTX.Queue(), _CTX.Queue(), _CTX.Event()
         self.process = _CTX.Process(target=_worker_main, name="resx-worker",
-                                    args=(self.tasks, self.replies, self.cancel, torch_threads, os.getpid()),
+                                    args=(self.tasks, self.replies, self.cancel, torch_threads, os.getpid(), nice),
                                     daemon=True)
         _start(self.process)
         self.ready = False
@@ -145,17 +163,21 @@ class _Worker:
 
 
 class WorkerPool:
-    """`processes` worker processes of `torch_threads` torch threads each; callable as a Runner.
+    """`processes` worker processes of `torch_threads` torch threads each, at niceness `nice` above
+    the caller's (default worker_nice()); callable as a Runner.
 
     At most `processes` calls run at once (one per process); a further call waits for a free one.
     """
 
-    def __init__(self, processes: int, torch_threads: int = 1):
+    def __init__(self, processes: int, torch_threads: int = 1, nice: int | None = None):
         if processes < 1:
             raise ValueError(f"processes={processes!r} is not allowed: an integer >= 1")
-        self.processes, self.torch_threads = processes, torch_threads
+        nice = worker_nice() if nice is None else nice
+        if not 0 <= nice <= 19:
+            raise ValueError(f"nice={nice!r} is not allowed: an integer from 0 (the server's priority) to 19")
+        self.processes, self.torch_threads, self.nice = processes, torch_threads, nice
         self._lock = threading.Condition()
-        self._idle: list[_Worker] = [_Worker(torch_threads) for _ in range(processes)]
+        self._idle: list[_Worker] = [_Worker(torch_threads, nice) for _ in range(processes)]
         self._busy: set[_Worker] = set()
         self._closed = False
 
@@ -189,7 +211,7 @@ class WorkerPool:
             worker = self._idle.pop()
             if not worker.alive():  # died while idle: replace it
                 worker.stop(0)
-                worker = _Worker(self.torch_threads)
+                worker = _Worker(self.torch_threads, self.nice)
             self._busy.add(worker)
             return worker
 
@@ -202,7 +224,7 @@ class WorkerPool:
                 closed = False
                 if not worker.alive():
                     worker.stop(0)
-                    worker = _Worker(self.torch_threads)
+                    worker = _Worker(self.torch_threads, self.nice)
                 self._idle.append(worker)
                 self._lock.notify_all()
         if closed:
