@@ -116,7 +116,7 @@ def test_factored_statistics_equal_those_of_the_materialised_matrix():
 
 
 def test_streamed_population_margin_equals_the_in_memory_u_statistic():
-    """The two-pass streamed U on a large sample gives the same value and stderr as u_statistic on the stored gradients."""
+    """The streamed U on a large sample gives the same value and stderr as u_statistic on the stored gradients."""
     model = trained_mlp(20)
     S = teacher(4000, torch.Generator().manual_seed(9))
     candidates = _all_candidates(model, S.x)
@@ -131,6 +131,26 @@ def test_streamed_population_margin_equals_the_in_memory_u_statistic():
         u = u_statistic(stored[k].subset(torch.arange(1000)))
         assert capped[k].n == 1000 and capped[k].value == pytest.approx(u.value, rel=1e-8)
         assert capped[k].stderr == pytest.approx(u.stderr, rel=1e-6)
+
+
+def test_population_se_uses_the_first_se_points_against_the_mean_of_all(monkeypatch):
+    """With N = 20000 points in chunks of 8192 and SE_POINTS = 10000 (a cut inside the second chunk),
+    the se is 2 sqrt(var(psi_i) / N) over the first 10000 points, psi_i = <g_i, G_-i> with G_-i from
+    all N: computed here from the dense per-sample gradients."""
+    monkeypatch.setattr(margins, "SE_POINTS", 10_000)
+    model = trained_mlp(20)
+    S = teacher(20_000, torch.Generator().manual_seed(19))
+    candidates = _all_candidates(model, S.x[:2000])
+    stored = block_gradients(model, S.x, S.y, None, candidates)
+    streamed = population_margins(model, S, list(candidates), candidates, points=20_000)
+    N = 20_000
+    for k in candidates:
+        g = stored[k].flat()
+        total = g.sum(0)
+        psi = (g[:10_000] @ total - (g[:10_000] ** 2).sum(1)) / (N - 1)
+        assert streamed[k].n == N
+        assert streamed[k].value == pytest.approx(((total @ total) - (g ** 2).sum()).item() / (N * (N - 1)), rel=1e-8)
+        assert streamed[k].stderr == pytest.approx(2 * math.sqrt(psi.var().item() / N), rel=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -367,11 +367,12 @@ def block_gradients_reference(model: nn.Module, x: torch.Tensor, y: torch.Tensor
 
 def population_margins(model, population, positions, candidates, delta: float = 0.05,
                        batch_size: int = CHUNK, points: int = POP_MARGIN_POINTS) -> dict[int, MarginEstimate]:
-    """kappa_k^2 by U on the first N = min(points, len) points of a large fresh sample, streamed in
-    two passes so memory stays O(chunk): pass 1 accumulates sum_i g_i and sum_i ||g_i||^2 (U's
-    value) over the N points, pass 2 the psi_i for its se. The se needs only the variance of psi,
-    so pass 2 runs over the first SE_POINTS points (a relative error of about 1/sqrt(2 SE_POINTS)
-    on the se, under 1%); the se is still that of the N-point mean, 2 sqrt(var psi / N).
+    """kappa_k^2 by U on the first N = min(points, len) points of a large fresh sample, in one
+    streamed pass (memory O(chunk + SE_POINTS)): it accumulates sum_i g_i and sum_i ||g_i||^2 (U's
+    value) over the N points and keeps the first SE_POINTS g_i, whose psi_i give the se once the
+    sum is known. The se needs only the variance of psi, so those points are enough (a relative
+    error of about 1/sqrt(2 SE_POINTS) on the se, under 1%); the se is still that of the N-point
+    mean, 2 sqrt(var psi / N).
     N is capped because every point costs a forward and backward pass (the risks use them all)."""
     positions = check_positions(model, positions)
     for k in positions:
@@ -379,17 +380,22 @@ def population_margins(model, population, positions, candidates, delta: float = 
         candidates[k].eval()
     N = min(points, len(population.y))
     x, y = population.x[:N], population.y[:N]
+    m = min(N, SE_POINTS)
     total: dict[int, torch.Tensor] = {}
     sq = {k: 0.0 for k in positions}
+    head: dict[int, list[BlockGrads]] = {k: [] for k in positions}   # g_i of the first m points
+    seen = 0
     for chunk in _chunks(model, x, y, positions, candidates, batch_size):
         for k, q in chunk.items():
             total[k] = total.get(k, 0) + q.mean() * q.n
             sq[k] += q.sq_norms().sum().item()
+            if seen < m:
+                head[k].append(q.subset(slice(0, m - seen)) if seen + q.n > m else q)
+        seen += next(iter(chunk.values())).n
     s1 = {k: 0.0 for k in positions}
     s2 = {k: 0.0 for k in positions}
-    m = min(N, SE_POINTS)
-    for chunk in _chunks(model, x[:m], y[:m], positions, candidates, batch_size):
-        for k, q in chunk.items():
+    for k in positions:
+        for q in head[k]:
             psi = (q.dots(total[k]) - q.sq_norms()) / (N - 1)         # <g_i, G_{-i}>
             s1[k] += psi.sum().item()
             s2[k] += (psi * psi).sum().item()
