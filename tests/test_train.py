@@ -172,3 +172,37 @@ def test_stacked_splits_start_from_the_input_when_the_activations_would_not_fit(
     cfg, data, model = _resnet_task()
     monkeypatch.setattr(train_module, "PREFIX_BYTES", 1024)
     assert StackedSplits({"S": data.S}, fixed_until=(model, cfg.position)).position is None
+
+
+def test_a_stacked_line_equals_the_moved_block_at_every_step():
+    """StackedLine.risks(eta) equals risk() of the expanded model whose zero block's live parameters
+    were set to eta d (a random d), on each sample, mlp and resnet, from eta = 0 past the Taylor
+    regime; with too little memory for (h, u) there is no line and the caller reads the model."""
+    from resx.core.models import insert_block
+    for cfg, data, model in ((SMALL, *_setup(SMALL)), _resnet_task()):
+        new, _ = insert_block(model, cfg.position, data.S.x, data.S.y, seed=0)
+        block = new.blocks[cfg.position]
+        g = torch.Generator().manual_seed(5)
+        d = {n: torch.randn(block.get_parameter(n).shape, generator=g) for n in block.live_parameters}
+        splits = {"S": data.S, "P": data.P, "T": data.T}
+        line = StackedSplits(splits, fixed_until=(new, cfg.position)).line(new, d)
+        for eta in (0.0, 0.01, 0.3, 3.0):
+            along = line.risks(eta)
+            with torch.no_grad():
+                for n in block.live_parameters:
+                    block.get_parameter(n).copy_(eta * d[n])
+            for name, split in splits.items():
+                direct = risk(new, split)
+                assert abs(along[name].loss - direct.loss) < 1e-5 * max(1.0, direct.loss), (cfg.arch, eta, name)
+                assert abs(along[name].acc - direct.acc) < 2.0 / direct.m
+            with torch.no_grad():
+                for n in block.live_parameters:
+                    block.get_parameter(n).zero_()
+
+
+def test_no_stacked_line_when_h_and_u_would_not_fit(monkeypatch):
+    import resx.core.train as train_module
+    cfg, data, model = _resnet_task()
+    stacked = StackedSplits({"S": data.S}, fixed_until=(model, cfg.position))
+    monkeypatch.setattr(train_module, "PREFIX_BYTES", stacked.x.element_size() * stacked.x.numel())
+    assert stacked.line(model, {}) is None

@@ -40,6 +40,13 @@ class PostLNBlock(nn.Module):
 
     live_parameters = ("w2.weight", "w2.bias")
 
+    def line(self, h, direction):
+        """(u, post) such that, with the live parameters at eta d (a zero block moved along d), the
+        block maps h to post(h + eta u) for every eta: u = d_W relu(W1 h + b1) + d_b, post the
+        LayerNorm. A line search computes u once, then each step is a LayerNorm, not two Linears."""
+        u = F.linear(F.relu(self.w1(h)), direction["w2.weight"], direction["w2.bias"])
+        return u, lambda z: F.layer_norm(z, z.shape[-1:], eps=LN_EPS)
+
 
 class MLP(nn.Module):
     """Post-LN residual MLP; every block output has ||h|| <= sqrt(w) (norm control, theory.md 2)."""
@@ -96,6 +103,18 @@ class BasicBlock(nn.Module):
         return self
 
     live_parameters = ("bn2.weight", "bn2.bias")
+
+    def line(self, h, direction):
+        """(u, post) such that, with BN2's (weight, bias) at eta d (a zero block moved along d), the
+        block maps h to post(h + eta u) for every eta, in eval mode with an identity shortcut:
+        u = d_weight zhat + d_bias, zhat BN2's input normalised by its running statistics, post
+        the ReLU. A line search computes u once, then each step is a ReLU, not two convolutions."""
+        if self.training or not isinstance(self.shortcut, nn.Identity):
+            raise ValueError("BasicBlock.line needs eval mode and an identity shortcut (an inserted block)")
+        bn2 = self.bn2
+        v = self.conv2(F.relu(self.bn1(self.conv1(h))))
+        zhat = (v - bn2.running_mean[:, None, None]) / torch.sqrt(bn2.running_var[:, None, None] + bn2.eps)
+        return zhat * direction["bn2.weight"][:, None, None] + direction["bn2.bias"][:, None, None], F.relu
 
 
 def resnet_plan(width: int, blocks_per_stage: int) -> list[tuple[int, int, int]]:

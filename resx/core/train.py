@@ -121,9 +121,46 @@ class StackedSplits:
 
     def risks(self, model: nn.Module) -> dict[str, Risk]:
         reader = model if self.position is None else FromPosition(model, self.position)
-        losses, correct = per_sample_losses(reader, self.x, self.y)
+        return self._split(*per_sample_losses(reader, self.x, self.y))
+
+    def line(self, model: nn.Module, direction: dict) -> Optional["StackedLine"]:
+        """The risks along phi = eta d of the zero block at the stored position (blocks' `line`), or
+        None when the activations were not stored or (h, u) would not fit in PREFIX_BYTES."""
+        if self.position is None or 2 * self.x.element_size() * self.x.numel() > PREFIX_BYTES:
+            return None
+        return StackedLine(self, model, direction)
+
+    def _split(self, losses, correct) -> dict[str, Risk]:
         return {name: _risk_of(l, c) for name, l, c in
                 zip(self.names, losses.split(self.sizes), correct.split(self.sizes))}
+
+
+class StackedLine(nn.Module):
+    """A line search's risks from stored (h, u) pairs: at step eta the zero block at position k
+    maps h to post(h + eta u) (PostLNBlock.line, BasicBlock.line), then blocks[k+1:] and the head.
+    Equal to StackedSplits.risks of the model with the block's live parameters at eta d, up to
+    float rounding (eta (d_W a) against (eta d_W) a)."""
+
+    def __init__(self, samples: StackedSplits, model: nn.Module, direction: dict):
+        super().__init__()
+        k = samples.position
+        block = model.blocks[k]
+        was = block.training
+        block.eval()
+        with torch.no_grad():
+            parts = [block.line(samples.x[i:i + EVAL_BATCH], direction) for i in range(0, len(samples.x), EVAL_BATCH)]
+        block.train(was)
+        self.samples, self.post = samples, parts[0][1]
+        self.hu = torch.stack([samples.x, torch.cat([u for u, _ in parts])], 1)   # (n, 2, ...)
+        self.rest = FromPosition(model, k + 1)
+        self.eta = 0.0
+
+    def forward(self, hu):
+        return self.rest(self.post(hu[:, 0] + self.eta * hu[:, 1]))
+
+    def risks(self, eta: float) -> dict[str, Risk]:
+        self.eta = float(eta)
+        return self.samples._split(*per_sample_losses(self, self.hu, self.samples.y))
 
 
 def draw_population(data: TaskData, n: int, seed: int) -> Optional[Split]:

@@ -281,9 +281,11 @@ def jumpboard_path(f_new: nn.Module, position: int, S, P, T, population=None, et
     if population is not None:
         samples["pop"] = pop_curve if pop_curve is not None else population
     samples = StackedSplits(samples, fixed_until=(work, position))   # only the block at `position` moves
+    # from phi0 = 0 the block is linear in eta before its LayerNorm / ReLU: its branch computed once
+    line = samples.line(work, direction) if all(not p.any() for p in phi0.values()) else None
     for eta in etas:
         set_live_(work, position, phi0, direction, eta)
-        r = samples.risks(work)
+        r = samples.risks(work) if line is None else line.risks(eta)
         curve.append({"eta": eta, "L_S": r["S"].loss, "L_P": r["P"].loss, "L_T": r["T"].loss,
                       "L_pop": r["pop"].loss if "pop" in r else None,
                       "L_pop_se": r["pop"].stderr if "pop" in r else None})
