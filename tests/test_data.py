@@ -181,7 +181,7 @@ def _population_estimate(logits_fn, sampler, n, generator, chunk=8192):
     """Mean cross-entropy of a model on n fresh draws, and its standard error std / sqrt(n)."""
     losses = []
     for start in range(0, n, chunk):
-        x, y = sampler(min(chunk, n - start), generator)
+        x, y, _ = sampler(min(chunk, n - start), generator)
         losses.append(F.cross_entropy(logits_fn(x), y, reduction="none"))
     losses = torch.cat(losses)
     return losses.mean().item(), losses.std().item() / math.sqrt(n)
@@ -219,12 +219,31 @@ def test_teacher_is_shared_across_run_seeds_and_splits_are_independent():
     """Two run seeds share one teacher (same draws for the same generator) but get different S, P, T."""
     a = load_data(RunConfig(n=64, n_probe=64, n_test=64, seed=0))
     b = load_data(RunConfig(n=64, n_probe=64, n_test=64, seed=1))
-    xa, ya = a.sampler(256, torch.Generator().manual_seed(9))
-    xb, yb = b.sampler(256, torch.Generator().manual_seed(9))
+    xa, ya, _ = a.sampler(256, torch.Generator().manual_seed(9))
+    xb, yb, _ = b.sampler(256, torch.Generator().manual_seed(9))
     assert torch.equal(xa, xb) and torch.equal(ya, yb) and a.bayes_risk == b.bayes_risk
     assert not torch.equal(a.S.x, b.S.x)
     assert not torch.equal(a.S.x, a.P.x) and not torch.equal(a.P.x, a.T.x)
     assert torch.equal(load_data(RunConfig(n=64, n_probe=64, n_test=64, seed=0)).S.x, a.S.x)
+
+
+@pytest.mark.parametrize("name", ["teacher", "shapes"])
+def test_each_draw_carries_the_distribution_its_label_came_from(name):
+    """Over 2^15 draws: the label frequencies match mean p per class, and p at the drawn label averages
+    sum_c p_c^2, as it must if y_i ~ p_i point by point (p shuffled across points would fail it)."""
+    sampler = D.teacher_sampler(32, 1.0) if name == "teacher" else D.shapes_sampler
+    n = 1 << 15
+    x, y, p = sampler(n, torch.Generator().manual_seed(12))
+    assert p.shape == (n, 10) and torch.allclose(p.sum(1), torch.ones(n))
+    onehot = F.one_hot(y, 10).float()
+    diff = onehot - p
+    assert ((diff.mean(0)).abs() < 4 * diff.std(0) / math.sqrt(n)).all()
+    at_label, square = p[torch.arange(n), y], (p * p).sum(1)
+    assert abs((at_label - square).mean()) < 4 * (at_label - square).std() / math.sqrt(n)
+    if name == "shapes":
+        assert torch.allclose(p.max(1).values, torch.full((n,), 0.955))
+        shuffled = p[torch.randperm(n, generator=torch.Generator().manual_seed(0))]
+        assert (shuffled[torch.arange(n), y] - square).mean() < -0.5   # the check above has power
 
 
 def test_shapes_is_learnable_but_not_perfectly():

@@ -1,10 +1,11 @@
 """The training loop: divergence, cancellation, reproducibility, records."""
 import threading
 
+import pytest
 import torch
 
 from resx.core.config import RunConfig
-from resx.core.data import load_data
+from resx.core.data import Split, load_data
 from resx.core.models import build_model
 from resx.core.train import (Evaluator, LossMemo, StackedSplits, draw_population, lr_at, per_sample_losses, risk,
                              train)
@@ -165,6 +166,32 @@ def test_stacked_splits_give_each_samples_own_risk_from_the_input_or_from_a_posi
             for name, r in stacked.risks(model).items():
                 direct = risk(model, splits[name])
                 assert abs(r.loss - direct.loss) < 1e-6 and r.m == direct.m and abs(r.acc - direct.acc) < 1e-9
+
+
+def test_losses_on_label_distributions_are_the_label_averaged_losses():
+    """per_sample_losses with targets p (Split.expected) is sum_c p_ic l(f(x_i), c), each l(., c) taken
+    with the labels c apart, and its correctness is p_i at the model's guess."""
+    data, model = _setup(SMALL)
+    pop = draw_population(data, 512, seed=3)
+    assert pop.p.shape == (512, data.num_classes)
+    losses, correct = per_sample_losses(model, pop.expected().x, pop.expected().y)
+    per_label = torch.stack([per_sample_losses(model, pop.x, torch.full_like(pop.y, c))[0]
+                             for c in range(data.num_classes)], 1)                       # (m, K)
+    torch.testing.assert_close(losses, (pop.p * per_label).sum(1), rtol=1e-5, atol=1e-6)
+    guess = per_label.argmin(1)
+    torch.testing.assert_close(correct, pop.p[torch.arange(512), guess])
+    with pytest.raises(ValueError, match="no label distributions"):
+        Split(data.S.x, data.S.y).expected()
+
+
+def test_stacked_splits_mix_labelled_and_label_averaged_samples():
+    """A stack of labelled samples and a label-averaged one gives each its own risk, as risk() alone."""
+    data, model = _setup(SMALL)
+    pop = draw_population(data, 300, seed=4).expected()
+    splits = {"S": data.S, "pop": pop, "T": data.T}
+    for name, r in StackedSplits(splits, fixed_until=(model, SMALL.position)).risks(model).items():
+        direct = risk(model, splits[name])
+        assert abs(r.loss - direct.loss) < 1e-6 and r.m == direct.m and abs(r.acc - direct.acc) < 1e-6
 
 
 def test_stacked_splits_start_from_the_input_when_the_activations_would_not_fit(monkeypatch):

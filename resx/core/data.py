@@ -30,7 +30,8 @@ from .config import RunConfig
 
 log = logging.getLogger(__name__)
 
-Sampler = Callable[[int, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
+# draws (x, y, p): p (n, K) the distribution each label was drawn from (Split.p)
+Sampler = Callable[[int, torch.Generator], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 TASK_SEED = 20_240_517        # fixes the teacher and the shapes templates; never cfg.seed
 BAYES_POINTS = 1 << 17        # Monte Carlo points for the teacher's Bayes risk
@@ -44,12 +45,30 @@ class DataError(Exception):
 
 @dataclass
 class Split:
-    """A sample held in memory on the run's device: x (n, d) or (n, C, H, W) float32, y (n,) int64."""
+    """A sample held in memory on the run's device: x (n, d) or (n, C, H, W) float32, y (n,) int64
+    labels (or, from `expected()`, (n, K) float32 label distributions).
+
+    p (n, K) float32, synthetic draws only: the distribution y_i was drawn from, given x_i and the
+    sampler's latent choices (teacher: p(.|x); shapes: the template's class with the label noise),
+    so that E[l(f(x_i), y_i) | x_i, latent] = -sum_c p_ic log softmax(f(x_i))_c exactly. The
+    population estimators use it to average the label noise out (theory.md 4, "Rao-Blackwell")."""
     x: torch.Tensor
     y: torch.Tensor
+    p: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
+
+    def expected(self) -> "Split":
+        """The same points with y replaced by p, so that a loss on it is E[l | x_i, latent]: the same
+        mean as on the labels, less the label noise's variance (per_sample_losses)."""
+        if self.p is None:
+            raise ValueError("this sample has no label distributions p (only synthetic draws have them)")
+        return Split(self.x, self.p)
+
+    def head(self, k: int) -> "Split":
+        """The first k points (with their p)."""
+        return Split(self.x[:k], self.y[:k], None if self.p is None else self.p[:k])
 
 
 @dataclass
@@ -102,7 +121,8 @@ def load_data(cfg: RunConfig, device: torch.device | str = "cpu") -> TaskData:
                         f"vectors of shape {task.input_shape}: use arch='mlp'")
     for name in ("S", "P", "T"):
         s = getattr(task, name)
-        setattr(task, name, Split(s.x.to(device, torch.float32), s.y.to(device, torch.int64)))
+        setattr(task, name, Split(s.x.to(device, torch.float32), s.y.to(device, torch.int64),
+                                  None if s.p is None else s.p.to(device, torch.float32)))
     if task.sampler is not None:
         task.sampler = _on_device(task.sampler, device)
     log.info("loaded %s: n=%d, n_probe=%d, n_test=%d, input %s, K=%d, on %s", task.name, len(task.S),
@@ -111,9 +131,8 @@ def load_data(cfg: RunConfig, device: torch.device | str = "cpu") -> TaskData:
 
 
 def _on_device(sampler: Sampler, device: torch.device) -> Sampler:
-    def draw(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = sampler(n, generator)
-        return x.to(device), y.to(device)
+    def draw(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return tuple(t.to(device) for t in sampler(n, generator))
     return draw
 
 
@@ -150,12 +169,12 @@ def teacher_logits(x: torch.Tensor) -> torch.Tensor:
 
 
 def teacher_sampler(d: int, temperature: float) -> Sampler:
-    """Draws (x, y) from D: x ~ N(0, I_d), y ~ softmax(teacher(x) / T); on the CPU."""
-    def draw(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draws (x, y, p) from D: x ~ N(0, I_d), y ~ p = softmax(teacher(x) / T); on the CPU."""
+    def draw(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = torch.randn(n, d, generator=generator)                              # (n, d)
         p = torch.softmax(teacher_logits(x) / temperature, dim=1)              # (n, K)
         y = torch.multinomial(p, 1, generator=generator).squeeze(1)            # (n,)
-        return x, y
+        return x, y, p
     return draw
 
 
@@ -208,12 +227,13 @@ def shapes_templates() -> torch.Tensor:
     return t / t.std(dim=(1, 2, 3), keepdim=True)
 
 
-def shapes_sampler(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draws (x, y) from the shapes distribution on the CPU: x (n, 3, 16, 16), y (n,).
+def shapes_sampler(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Draws (x, y, p) from the shapes distribution on the CPU: x (n, 3, 16, 16), y (n,), p (n, 10).
 
     x = c * roll(template_y, (dy, dx)) + noise, with dy, dx uniform in [-3, 3], contrast
     c ~ U(0.5, 1.5), noise N(0, 1.5^2) per pixel; then with probability 0.05 the label is redrawn
     uniformly, so even the Bayes classifier errs (about 4.5% of the time) and L > 0.
+    p = 0.95 e_template + 0.05 / 10: the label's distribution given x and its template.
     """
     t = shapes_templates()
     K, C, H, W = t.shape
@@ -228,8 +248,9 @@ def shapes_sampler(n: int, generator: torch.Generator) -> tuple[torch.Tensor, to
     contrast = 0.5 + torch.rand(n, 1, 1, 1, generator=generator)
     x = contrast * x + SHAPES_NOISE * torch.randn(n, C, H, W, generator=generator)
     flip = torch.rand(n, generator=generator) < SHAPES_LABEL_NOISE
+    p = F.one_hot(y, K).float() * (1 - SHAPES_LABEL_NOISE) + SHAPES_LABEL_NOISE / K   # (n, K)
     y = torch.where(flip, torch.randint(K, (n,), generator=generator), y)
-    return x, y
+    return x, y, p
 
 
 def _shapes_task(cfg: RunConfig) -> TaskData:

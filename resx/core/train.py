@@ -56,16 +56,19 @@ class Risk:
 def per_sample_losses(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                       batch_size: int = EVAL_BATCH) -> tuple[torch.Tensor, torch.Tensor]:
     """l(f(x_i), y_i) and correctness for every i, eval mode, float32 (autocast off, even inside
-    an autocast region: risks are differenced, theory.md 6): (m,), (m,)."""
+    an autocast region: risks are differenced, theory.md 6): (m,), (m,).
+    y: labels (m,), or label distributions p (m, K) (Split.expected): then the loss is
+    -sum_c p_ic log softmax_c = E[l | x_i] and the correctness p_i[argmax f(x_i)] = P(correct | x_i)."""
     was = model.training
     model.eval()
     losses, correct = [], []
     for i in range(0, len(x), batch_size):
         with torch.autocast(x.device.type, enabled=False):
             logits = model(x[i:i + batch_size])
-        logits = logits.float()
-        losses.append(F.cross_entropy(logits, y[i:i + batch_size], reduction="none"))
-        correct.append(logits.argmax(1) == y[i:i + batch_size])
+        logits, target = logits.float(), y[i:i + batch_size]
+        losses.append(F.cross_entropy(logits, target, reduction="none"))
+        guess = logits.argmax(1)
+        correct.append(guess == target if target.dim() == 1 else target.gather(1, guess[:, None])[:, 0])
     model.train(was)
     return torch.cat(losses), torch.cat(correct)
 
@@ -111,7 +114,11 @@ class StackedSplits:
         self.names = list(splits)
         self.sizes = [len(s.y) for s in splits.values()]
         self.x = torch.cat([s.x for s in splits.values()])
-        self.y = torch.cat([s.y for s in splits.values()])
+        ys = [s.y for s in splits.values()]
+        K = next((y.shape[1] for y in ys if y.dim() == 2), None)
+        if K is not None:   # some are distributions (Split.expected): labels as one-hot, the same loss
+            ys = [y if y.dim() == 2 else F.one_hot(y, K).to(torch.float32) for y in ys]
+        self.y = torch.cat(ys)
         self.position = None
         if fixed_until is not None:
             model, k = fixed_until
@@ -167,9 +174,7 @@ def draw_population(data: TaskData, n: int, seed: int) -> Optional[Split]:
     """A fresh sample from D for the population risk (synthetic tasks); None for real data."""
     if data.sampler is None:
         return None
-    g = torch.Generator().manual_seed(seed)
-    x, y = data.sampler(n, g)
-    return Split(x, y)
+    return Split(*data.sampler(n, torch.Generator().manual_seed(seed)))
 
 
 class Evaluator:
@@ -180,7 +185,7 @@ class Evaluator:
         self.population = None
         if population is not None:
             k = min(len(population), POP_CURVE_POINTS)
-            self.population = Split(population.x[:k], population.y[:k])
+            self.population = population.head(k)
 
     def __call__(self, model: nn.Module, phase: str, step: int, sink: RecordSink) -> dict[str, Risk]:
         splits = {"S": self.data.S, "T": self.data.T}

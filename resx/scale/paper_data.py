@@ -276,7 +276,7 @@ OBS_KEYS = ("z", "z_unbiased", "z_null", "cosine_split", "snr")
 def held_out_pool(data: TaskData, size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, str]:
     """(x, y, where): a fresh sample of `size` from the sampler (synthetic tasks), else the test sample T."""
     if data.sampler is not None:
-        x, y = data.sampler(size, torch.Generator().manual_seed(seed))
+        x, y, _ = data.sampler(size, torch.Generator().manual_seed(seed))
         return x, y, "fresh sample from D"
     return data.T.x[:size], data.T.y[:size], "test sample T"
 
