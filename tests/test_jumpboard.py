@@ -6,11 +6,12 @@ import torch
 import torch.nn.functional as F
 
 from resx.core.data import Split
+from resx.theory import jumpboard
 from resx.theory.jumpboard import jump_margins, jumpboard_path, live_gradient, split_halves
 from resx.theory.margins import descent_margins
 from resx.core.models import MLP, ResNet, insert_block
 
-from test_margins import D, K, teacher  # the same small teacher task
+from test_margins import D, K, teacher, teacher_with_p  # the same small teacher task
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +76,24 @@ def test_line_search_curve_starts_at_f_new_and_follows_the_first_order_predictio
     shifted = jb.model.blocks[k].w2.weight
     assert (shifted - jb.eta * jb.direction["w2.weight"]).abs().max().item() < 1e-6   # phi0 = 0
     assert set(jb.to_dict()) >= {"eta", "position", "curve", "L_S", "L_P", "L_T", "L_pop", "L_pop_se"}
+
+
+def test_with_label_distributions_the_curve_draws_the_label_averaged_loss_on_a_smaller_slice(setting):
+    """Given p, the curve's L_pop at every eta is mean_i -sum_c p_ic log softmax(f(x_i))_c over the first
+    CURVE_POP_EXPECTED points (computed here from the model at that eta); L_pop at eta* stays the
+    labelled risk on the whole sample."""
+    model, f_new, k, S, s, _ = setting
+    pop = teacher_with_p(2 ** 13, torch.Generator().manual_seed(13))
+    jb = jumpboard_path(f_new, k, S, s["P"], s["T"], pop)
+    head = pop.head(jumpboard.CURVE_POP_EXPECTED)
+    for row in (jb.curve[0], next(r for r in jb.curve if r["eta"] == jb.eta)):
+        moved = f_new if row["eta"] == 0 else jb.model
+        with torch.no_grad():
+            averaged = -(head.p * torch.log_softmax(moved(head.x), 1)).sum(1)
+        assert row["L_pop"] == pytest.approx(averaged.mean().item(), rel=1e-5)
+        assert row["L_pop_se"] == pytest.approx(averaged.std().item() / math.sqrt(len(averaged)), rel=1e-4)
+    with torch.no_grad():
+        assert jb.L_pop == pytest.approx(F.cross_entropy(jb.model(pop.x), pop.y).item(), rel=1e-5)
 
 
 def test_jump_margins_are_paired_differences_with_a_hoeffding_interval(setting):

@@ -122,15 +122,64 @@ def test_streamed_population_margin_equals_the_in_memory_u_statistic():
     candidates = _all_candidates(model, S.x)
     stored = block_gradients(model, S.x, S.y, None, candidates)
     streamed = population_margins(model, S, list(candidates), candidates, batch_size=512)
-    for k in candidates:
+    for k in candidates:   # a chunk's sums are float32 (CHUNK_DTYPE): rounding ~1e-8, far below the se
         u = u_statistic(stored[k])
-        assert streamed[k].value == pytest.approx(u.value, rel=1e-8)
+        assert streamed[k].value == pytest.approx(u.value, rel=1e-6)
+        assert abs(streamed[k].value - u.value) < 1e-3 * u.stderr
         assert streamed[k].stderr == pytest.approx(u.stderr, rel=1e-6)
     capped = population_margins(model, S, list(candidates), candidates, batch_size=512, points=1000)
     for k in candidates:  # only the first `points` of the sample: U of those stored gradients
         u = u_statistic(stored[k].subset(torch.arange(1000)))
-        assert capped[k].n == 1000 and capped[k].value == pytest.approx(u.value, rel=1e-8)
+        assert capped[k].n == 1000 and capped[k].value == pytest.approx(u.value, rel=1e-6)
         assert capped[k].stderr == pytest.approx(u.stderr, rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# label distributions: the gradient averaged over the label noise (Rao-Blackwell)
+
+def teacher_with_p(n: int, generator: torch.Generator) -> Split:
+    """teacher(), with p = softmax(W x), the distribution each label was drawn from."""
+    W = torch.randn(K, D, generator=torch.Generator().manual_seed(1234))
+    x = torch.randn(n, D, generator=generator)
+    p = torch.softmax(x @ W.T, 1)
+    return Split(x, torch.multinomial(p, 1, generator=generator).squeeze(1), p)
+
+
+@pytest.mark.parametrize("arch", ["mlp", "resnet"])
+def test_gradients_on_label_distributions_are_the_weighted_mean_of_the_per_label_gradients(monkeypatch, arch):
+    """With targets p_i the one-pass gradients equal sum_c p_ic g_i(c), g_i(c) from torch.func with label c,
+    and population_margins on (x, y, p) is U of those averaged gradients (float64 models, LN eps = 0)."""
+    monkeypatch.setattr(models, "LN_EPS", 0.0)
+    monkeypatch.setattr(margins, "LN_EPS", 0.0)
+    model, x, _ = small_model(arch)
+    g = torch.Generator().manual_seed(5)
+    p = torch.softmax(2 * torch.randn(len(x), K, generator=g, dtype=torch.float64), 1)
+    y = torch.multinomial(p, 1, generator=g).squeeze(1)
+    candidates = _all_candidates(model, x)
+    one_pass = block_gradients(model, x, p, None, candidates)
+    pop = population_margins(model, Split(x, y, p), list(candidates), candidates)
+    for k, block in candidates.items():
+        per_label = [block_gradients_reference(model, x, torch.full_like(y, c), k, block) for c in range(K)]
+        averaged = sum(p[:, c, None] * per_label[c] for c in range(K))
+        assert ((one_pass[k].flat() - averaged).abs().max() / averaged.abs().max()).item() < 1e-10
+        u = u_statistic(averaged)
+        assert pop[k].n == len(x)
+        assert pop[k].value == pytest.approx(u.value, rel=1e-6) and pop[k].stderr == pytest.approx(u.stderr, rel=1e-6)
+
+
+def test_label_averaged_population_margin_agrees_with_the_labelled_one_and_has_a_smaller_se():
+    """On the same 2^14 points, U of the label-averaged gradients and U of the labelled ones estimate the
+    same kappa^2 (within 4 se, both unbiased), and the averaged one's se is smaller at every position."""
+    model = trained_mlp(20)
+    pop = teacher_with_p(1 << 14, torch.Generator().manual_seed(23))
+    candidates = _all_candidates(model, pop.x[:2000])
+    averaged = population_margins(model, pop, list(candidates), candidates)
+    labelled = population_margins(model, Split(pop.x, pop.y), list(candidates), candidates, points=1 << 14)
+    for k in candidates:
+        a, b = averaged[k], labelled[k]
+        assert a.n == b.n == 1 << 14
+        assert abs(a.value - b.value) < 4 * math.hypot(a.stderr, b.stderr), (k, a, b)
+        assert a.stderr < 0.5 * b.stderr, (k, a.stderr, b.stderr)   # measured 0.23-0.26
 
 
 def test_population_se_uses_the_first_se_points_against_the_mean_of_all(monkeypatch):
@@ -149,7 +198,7 @@ def test_population_se_uses_the_first_se_points_against_the_mean_of_all(monkeypa
         total = g.sum(0)
         psi = (g[:10_000] @ total - (g[:10_000] ** 2).sum(1)) / (N - 1)
         assert streamed[k].n == N
-        assert streamed[k].value == pytest.approx(((total @ total) - (g ** 2).sum()).item() / (N * (N - 1)), rel=1e-8)
+        assert streamed[k].value == pytest.approx(((total @ total) - (g ** 2).sum()).item() / (N * (N - 1)), rel=1e-6)
         assert streamed[k].stderr == pytest.approx(2 * math.sqrt(psi.var().item() / N), rel=1e-6)
 
 

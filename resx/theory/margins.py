@@ -34,8 +34,12 @@ CHUNK = 1024   # samples per forward/backward pass; bounds the memory of the act
 CHUNK_INPUT_ELEMENTS = 1 << 18   # at most this many input numbers per chunk: vectors get bigger chunks
 MAX_CHUNK = 8192                 # (a chunk's fixed cost, hooks and autograd, dominates small vectors)
 POP_MARGIN_POINTS = 1 << 15   # population points behind kappa2_pop: its se is a quarter of U_P's at n_P = 2000
+POP_MARGIN_POINTS_EXPECTED = 1 << 14   # the same with label distributions (Rao-Blackwell, theory.md 4):
+                                       # on demo-mlp its se is 0.8x that of 2^15 labels
 SE_POINTS = 8192   # population points behind population_margins' standard error (its value uses all N)
 STAT_DTYPE = torch.float64   # per-sample statistics are differences of near-equal sums: keep float64
+CHUNK_DTYPE = torch.float32  # population_margins: a chunk's sums in float32 (each a sum of <= MAX_CHUNK
+                             # terms), accumulated over chunks in STAT_DTYPE
 
 
 # ---------------------------------------------------------------------------------------------
@@ -73,8 +77,8 @@ class BlockGrads(abc.ABC):
 class DenseGrads(BlockGrads):
     """g as an explicit (n, p) matrix (resnet: p = 2 C, small)."""
 
-    def __init__(self, g: torch.Tensor, names, shapes):
-        self.g, self.names, self.shapes = g.to(STAT_DTYPE), tuple(names), tuple(shapes)
+    def __init__(self, g: torch.Tensor, names, shapes, dtype=STAT_DTYPE):
+        self.g, self.names, self.shapes = g.to(dtype), tuple(names), tuple(shapes)
 
     @property
     def n(self):
@@ -90,10 +94,10 @@ class DenseGrads(BlockGrads):
         return (self.g * self.g).sum(1)
 
     def dots(self, G):
-        return self.g @ G
+        return self.g @ G.to(self.g.dtype)
 
     def subset(self, index):
-        return DenseGrads(self.g[index], self.names, self.shapes)
+        return DenseGrads(self.g[index], self.names, self.shapes, self.g.dtype)
 
     @staticmethod
     def cat(parts):
@@ -108,8 +112,8 @@ class FactoredGrads(BlockGrads):
     """
     names = ("w2.weight", "w2.bias")
 
-    def __init__(self, delta: torch.Tensor, a: torch.Tensor):
-        self.delta, self.a = delta.to(STAT_DTYPE), a.to(STAT_DTYPE)   # (n, w_out), (n, w_hidden)
+    def __init__(self, delta: torch.Tensor, a: torch.Tensor, dtype=STAT_DTYPE):
+        self.delta, self.a = delta.to(dtype), a.to(dtype)   # (n, w_out), (n, w_hidden)
         self.shapes = (torch.Size((delta.shape[1], a.shape[1])), torch.Size((delta.shape[1],)))
 
     @property
@@ -129,11 +133,11 @@ class FactoredGrads(BlockGrads):
         return (self.delta ** 2).sum(1) * ((self.a ** 2).sum(1) + 1.0)
 
     def dots(self, G):
-        G = self.unflatten(G)
+        G = self.unflatten(G.to(self.a.dtype))
         return ((self.delta @ G["w2.weight"]) * self.a).sum(1) + self.delta @ G["w2.bias"]
 
     def subset(self, index):
-        return FactoredGrads(self.delta[index], self.a[index])
+        return FactoredGrads(self.delta[index], self.a[index], self.a.dtype)
 
     @staticmethod
     def unflatten_shapes(vector: torch.Tensor, block: nn.Module) -> dict[str, torch.Tensor]:
@@ -270,7 +274,7 @@ def normalised_branch(block: BasicBlock, h: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def live_gradients(block: nn.Module, h: torch.Tensor, g: torch.Tensor) -> BlockGrads:
+def live_gradients(block: nn.Module, h: torch.Tensor, g: torch.Tensor, dtype=STAT_DTYPE) -> BlockGrads:
     """Per-sample live-parameter gradients of a zero-initialised `block` inserted where the old
     model has activation h and activation gradient g (theory.md 4, closed forms; ours).
 
@@ -286,13 +290,13 @@ def live_gradients(block: nn.Module, h: torch.Tensor, g: torch.Tensor) -> BlockG
         yhat = centred / sigma                                          # (n, w)
         delta = (g - g.mean(-1, keepdim=True) - yhat * (g * yhat).mean(-1, keepdim=True)) / sigma
         a = F.relu(block.w1(h))                                         # (n, w)
-        return FactoredGrads(delta, a)
+        return FactoredGrads(delta, a, dtype)
     if isinstance(block, BasicBlock):
         bn2 = block.bn2
         zhat = normalised_branch(block, h)                              # (n, C, H, W)
         u = g * (h > 0)                                                 # (n, C, H, W)
         flat = torch.cat([(u * zhat).sum((2, 3)), u.sum((2, 3))], 1)    # (n, 2C): weight, bias
-        return DenseGrads(flat, BasicBlock.live_parameters, (bn2.weight.shape, bn2.bias.shape))
+        return DenseGrads(flat, BasicBlock.live_parameters, (bn2.weight.shape, bn2.bias.shape), dtype)
     raise TypeError(f"no closed form for a {type(block).__name__} block")
 
 
@@ -326,7 +330,7 @@ def chunk_size(x: torch.Tensor, batch_size: int = CHUNK) -> int:
     return max(batch_size, min(MAX_CHUNK, CHUNK_INPUT_ELEMENTS // per_sample))
 
 
-def _chunks(model, x, y, positions, candidates, batch_size):
+def _chunks(model, x, y, positions, candidates, batch_size, dtype=STAT_DTYPE):
     """Yields {position: BlockGrads} for consecutive chunks of (x, y); model in eval mode."""
     was = model.training
     model.eval()
@@ -334,7 +338,7 @@ def _chunks(model, x, y, positions, candidates, batch_size):
     try:
         for i in range(0, len(x), batch_size):
             hg = _activations_and_gradients(model, x[i:i + batch_size], y[i:i + batch_size], positions)
-            yield {k: live_gradients(candidates[k], h, g) for k, (h, g) in hg.items()}
+            yield {k: live_gradients(candidates[k], h, g, dtype) for k, (h, g) in hg.items()}
     finally:
         model.train(was)
 
@@ -366,29 +370,36 @@ def block_gradients_reference(model: nn.Module, x: torch.Tensor, y: torch.Tensor
 
 
 def population_margins(model, population, positions, candidates, delta: float = 0.05,
-                       batch_size: int = CHUNK, points: int = POP_MARGIN_POINTS) -> dict[int, MarginEstimate]:
+                       batch_size: int = CHUNK, points: Optional[int] = None) -> dict[int, MarginEstimate]:
     """kappa_k^2 by U on the first N = min(points, len) points of a large fresh sample, in one
     streamed pass (memory O(chunk + SE_POINTS)): it accumulates sum_i g_i and sum_i ||g_i||^2 (U's
     value) over the N points and keeps the first SE_POINTS g_i, whose psi_i give the se once the
     sum is known. The se needs only the variance of psi, so those points are enough (a relative
     error of about 1/sqrt(2 SE_POINTS) on the se, under 1%); the se is still that of the N-point
     mean, 2 sqrt(var psi / N).
-    N is capped because every point costs a forward and backward pass (the risks use them all)."""
+    N is capped because every point costs a forward and backward pass (the risks use them all).
+    Where the sample has label distributions p (synthetic draws), g_i is the gradient of
+    -sum_c p_ic log softmax_c, which is E[g(x_i, y_i) | x_i, latent]: the same mean G, so U is still
+    unbiased for ||G||^2, and the label noise's share of the variance is gone (Rao-Blackwell); then
+    points defaults to POP_MARGIN_POINTS_EXPECTED, else POP_MARGIN_POINTS."""
     positions = check_positions(model, positions)
     for k in positions:
         _check_zero_init(candidates[k], k)
         candidates[k].eval()
+    expected = population.p is not None
+    if points is None:
+        points = POP_MARGIN_POINTS_EXPECTED if expected else POP_MARGIN_POINTS
     N = min(points, len(population.y))
-    x, y = population.x[:N], population.y[:N]
+    x, y = population.x[:N], (population.p if expected else population.y)[:N]
     m = min(N, SE_POINTS)
     total: dict[int, torch.Tensor] = {}
     sq = {k: 0.0 for k in positions}
     head: dict[int, list[BlockGrads]] = {k: [] for k in positions}   # g_i of the first m points
     seen = 0
-    for chunk in _chunks(model, x, y, positions, candidates, batch_size):
+    for chunk in _chunks(model, x, y, positions, candidates, batch_size, CHUNK_DTYPE):
         for k, q in chunk.items():
-            total[k] = total.get(k, 0) + q.mean() * q.n
-            sq[k] += q.sq_norms().sum().item()
+            total[k] = total.get(k, 0) + (q.mean() * q.n).to(STAT_DTYPE)
+            sq[k] += q.sq_norms().to(STAT_DTYPE).sum().item()
             if seen < m:
                 head[k].append(q.subset(slice(0, m - seen)) if seen + q.n > m else q)
         seen += next(iter(chunk.values())).n
@@ -396,7 +407,7 @@ def population_margins(model, population, positions, candidates, delta: float = 
     s2 = {k: 0.0 for k in positions}
     for k in positions:
         for q in head[k]:
-            psi = (q.dots(total[k]) - q.sq_norms()) / (N - 1)         # <g_i, G_{-i}>
+            psi = (q.dots(total[k]) - q.sq_norms()).to(STAT_DTYPE) / (N - 1)   # <g_i, G_{-i}>
             s1[k] += psi.sum().item()
             s2[k] += (psi * psi).sum().item()
     out = {}
