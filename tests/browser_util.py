@@ -5,6 +5,7 @@ through Playwright (design.md "Engineering facts": nothing downloads a browser).
 from __future__ import annotations
 
 import os
+import tempfile
 import re
 import signal
 import socket
@@ -98,8 +99,34 @@ class Server:
             return "(no log)"
 
 
-def launch_chromium(playwright):
-    return playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+def launch_chromium(playwright, nice: int = 0):
+    """System Chromium. With `nice` > 0 the load benchmark's sessions stand for students' own
+    machines: on the server's cores they should take only what the server leaves idle. Chromium
+    sets its own processes' priorities (as root, its zygote runs at -8), so niceness alone does not
+    hold; where the cgroup-v1 cpu controller is writable the browser's whole tree goes into a cgroup
+    of CPU_SHARES_LOW shares (against 1024 for everything else), else it is only niced."""
+    executable = CHROMIUM
+    if nice:
+        folder = Path(tempfile.mkdtemp(prefix="resx-chromium-"))
+        executable = folder / "chromium"
+        group = _low_cpu_group()
+        join = f'echo $$ > "{group}/cgroup.procs"\n' if group else ""
+        executable.write_text(f'#!/bin/sh\n{join}exec nice -n {int(nice)} "{CHROMIUM}" "$@"\n')
+        executable.chmod(0o755)
+    return playwright.chromium.launch(executable_path=str(executable), args=CHROMIUM_ARGS)
+
+
+CPU_SHARES_LOW = 2
+
+
+def _low_cpu_group() -> Path | None:
+    group = Path("/sys/fs/cgroup/cpu/resx-browsers")
+    try:
+        group.mkdir(exist_ok=True)
+        (group / "cpu.shares").write_text(str(CPU_SHARES_LOW))
+        return group
+    except OSError:
+        return None
 
 
 # -- page helpers --------------------------------------------------------------------------------

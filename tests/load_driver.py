@@ -135,8 +135,9 @@ def _final_status(page) -> str | None:
 
 
 def drive(browser, server, urls: list[str], timeout_s: float, probe: bool = True,
-          screenshot: Path | None = None) -> LoadReport:
-    """Open one session per URL, press Run in all at once, wait until each shows a final status."""
+          screenshot: Path | None = None, probe_browser=None) -> LoadReport:
+    """Open one session per URL, press Run in all at once, wait until each shows a final status.
+    The probe session opens in `probe_browser` (default: the same browser)."""
     report = LoadReport(len(urls))
     contexts, pages = [], []
     try:
@@ -151,7 +152,7 @@ def drive(browser, server, urls: list[str], timeout_s: float, probe: bool = True
             page.get_by_role("button", name="Run", exact=True).wait_for(timeout=120_000)
         probe_page = None
         if probe:
-            ctx = browser.new_context(viewport={"width": 1300, "height": 900})
+            ctx = (probe_browser or browser).new_context(viewport={"width": 1300, "height": 900})
             contexts.append(ctx)
             probe_page = ctx.new_page()
             probe_page.goto(server.url + "/lab")
