@@ -144,7 +144,7 @@ def main(argv=None) -> int:
     ap.add_argument("--worker-nice", type=int, default=None,
                     help="the workers' niceness (RESX_WORKER_NICE; default: the app's); 0 for the A/B")
     ap.add_argument("--browser-nice", type=int, default=BROWSER_NICE,
-                    help=f"the sessions' Chromium niceness (default {BROWSER_NICE}; the probe's stays 0)")
+                    help=f"> 0: the sessions' Chromium niced and in a low-share cpu cgroup, the probe in its own normal browser (default {BROWSER_NICE})")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     print(json.dumps({"machine": machine_info()}), flush=True)

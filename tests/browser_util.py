@@ -5,12 +5,12 @@ through Playwright (design.md "Engineering facts": nothing downloads a browser).
 from __future__ import annotations
 
 import os
-import tempfile
 import re
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -99,6 +99,9 @@ class Server:
             return "(no log)"
 
 
+CPU_SHARES_LOW = 2   # the load benchmark's low-share browsers, against 1024 for every other process
+
+
 def launch_chromium(playwright, nice: int = 0):
     """System Chromium. With `nice` > 0 the load benchmark's sessions stand for students' own
     machines: on the server's cores they should take only what the server leaves idle. Chromium
@@ -114,9 +117,6 @@ def launch_chromium(playwright, nice: int = 0):
         executable.write_text(f'#!/bin/sh\n{join}exec nice -n {int(nice)} "{CHROMIUM}" "$@"\n')
         executable.chmod(0o755)
     return playwright.chromium.launch(executable_path=str(executable), args=CHROMIUM_ARGS)
-
-
-CPU_SHARES_LOW = 2
 
 
 def _low_cpu_group() -> Path | None:

@@ -174,7 +174,8 @@ def test_losses_on_label_distributions_are_the_label_averaged_losses():
     data, model = _setup(SMALL)
     pop = draw_population(data, 512, seed=3)
     assert pop.p.shape == (512, data.num_classes)
-    losses, correct = per_sample_losses(model, pop.expected().x, pop.expected().y)
+    averaged = pop.expected()
+    losses, correct = per_sample_losses(model, averaged.x, averaged.y)
     per_label = torch.stack([per_sample_losses(model, pop.x, torch.full_like(pop.y, c))[0]
                              for c in range(data.num_classes)], 1)                       # (m, K)
     torch.testing.assert_close(losses, (pop.p * per_label).sum(1), rtol=1e-5, atol=1e-6)
