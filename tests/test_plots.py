@@ -1,7 +1,8 @@
 """Figure functions: pure data -> plotly figures, with the traces a reader relies on."""
 import numpy as np
 
-from resx.figures.live import downsample, margin_heatmap, route_waterfall, training_curves
+from resx.figures.live import (curves_version, downsample, heatmap_version, margin_heatmap, route_waterfall,
+                               training_curves)
 from resx.core.records import Record
 
 
@@ -48,3 +49,24 @@ def test_vacuous_routes_switch_to_a_log_scale():
     fig = route_waterfall(vacuous)
     assert fig.data[0].type == "bar" and fig.layout.xaxis.type == "log"
     assert "vacuous" in fig.layout.title.text
+
+
+def test_a_figure_version_moves_exactly_when_its_figure_would_change():
+    """Batch losses, learning rates and progress (every tick) leave both versions and both figures'
+    JSON as they were; a new loss record, the insertion, or a new margin record changes the
+    version and the figure."""
+    base = [Record("base", s, split, "loss", 2.0 - s / 10, 0.01 if split == "pop" else None)
+            for s in range(5) for split in ("S", "T", "pop")]
+    base += [Record("margins", s, "P", "kappa2_U", 0.1 * s, position=p) for s in (0, 2) for p in range(3)]
+    ticks = base + [Record("base", 5, "S", "batch_loss", 1.4), Record("base", 5, "", "lr", 0.1),
+                    Record("base", 5, "", "progress", 0.5), Record("margins", 2, "P", "kappa2_X", 0.3, position=1)]
+    assert curves_version(ticks) == curves_version(base)
+    assert training_curves(ticks).to_json() == training_curves(base).to_json()
+    assert heatmap_version(ticks) == heatmap_version(base)
+    assert margin_heatmap(ticks).to_json() == margin_heatmap(base).to_json()
+    for more in ([Record("base", 5, "T", "loss", 1.3)], [Record("insert", 0, "S", "max_abs_logit_diff", 0.0)]):
+        assert curves_version(base + more) != curves_version(base)
+        assert training_curves(base + more).to_json() != training_curves(base).to_json()
+    more = [Record("margins", 4, "P", "kappa2_U", 0.5, position=0)]
+    assert heatmap_version(base + more) != heatmap_version(base)
+    assert margin_heatmap(base + more).to_json() != margin_heatmap(base).to_json()

@@ -4,9 +4,10 @@ import streamlit as st
 import ui
 from resx.core.config import RunConfig
 from resx.figures import live as plots
-from ui.shared_figures import shared_figure, snapshot_version
+from ui.shared_figures import LIVE_REDRAW_S, shared_figure
 
-POLL_S = {"queued": 3.0, "running": 1.5}  # seconds between live redraws; a finished run: none
+POLL_S = {"queued": 3.0, "running": 1.5}  # seconds between status-line polls; a finished run: none
+PANELS_POLL_S = {"running": LIVE_REDRAW_S}  # the charts and panels of a running run (queued: nothing yet)
 
 st.title("Lab")
 st.caption("Train a post-normalized residual network, measure the descent margin at every insertion "
@@ -58,12 +59,11 @@ if run_id in st.session_state.get("served_from_cache", ()):
 
 
 @st.fragment(run_every=POLL_S.get(first.status))
-def live():
+def status_line():
+    """Queue position, progress or final status: small, so it can poll often."""
     snap = manager.snapshot(run_id) if first.is_active else first  # a finished run is read once
     if snap.status != first.status:
         st.rerun()  # queued -> running -> finished: a full rerun sets the new polling cadence
-    result = snap.result or {}
-    version = snapshot_version(snap)
     head, stop = st.columns([5, 1])
     if snap.status == "queued":
         head.info(f"Run `{run_id}` is queued: position {snap.queue_position} of {len(manager.active())} "
@@ -74,12 +74,20 @@ def live():
         ui.status_banner(head, snap)
     if snap.is_active and run_id in st.session_state.get("my_runs", ()) and stop.button("Stop run", key="stop", help="cancels the training job; the records so far are kept"):
         manager.cancel(run_id)
+
+
+@st.fragment(run_every=PANELS_POLL_S.get(first.status))
+def panels():
+    """The answer, the charts and the theory panels: redrawn as often as a live chart is (every
+    redraw costs each watching page its React and Plotly work), then once more when the run ends."""
+    snap = manager.snapshot(run_id) if first.is_active else first
+    result = snap.result or {}
     ui.headline_panel(result)  # the answer first, once the run has one
 
     st.subheader("Training curves")
     if any(r.name == "loss" for r in snap.records):
-        st.plotly_chart(shared_figure(run_id, version, "curves", lambda: plots.training_curves(snap.records)),
-                        key="curves")
+        st.plotly_chart(shared_figure(run_id, plots.curves_version(snap.records), "curves",
+                                      lambda: plots.training_curves(snap.records), live=snap.is_active), key="curves")
     else:
         st.caption("The first point appears when the first evaluation ends.")
     st.caption("L_S on the training sample, L_T on the test sample, L on a fresh population sample "
@@ -89,8 +97,8 @@ def live():
     with left:
         st.subheader("Descent margins")
         if any(r.phase == "margins" for r in snap.records):
-            st.plotly_chart(shared_figure(run_id, version, "heatmap", lambda: plots.margin_heatmap(snap.records)),
-                            key="heatmap")
+            st.plotly_chart(shared_figure(run_id, plots.heatmap_version(snap.records), "heatmap",
+                                          lambda: plots.margin_heatmap(snap.records), live=snap.is_active), key="heatmap")
         else:
             st.caption("Measured every few epochs during base training; the first map appears after the first epoch.")
         ui.margin_panel(result, snap.config)
@@ -99,7 +107,7 @@ def live():
         ui.preservation_badge(result, snap.records)
         st.subheader("Jumpboard line search")
         if result.get("jumpboard"):
-            st.plotly_chart(shared_figure(run_id, version, "jumpboard", lambda: plots.jumpboard_curve(result["jumpboard"])),
+            st.plotly_chart(shared_figure(run_id, 0, "jumpboard", lambda: plots.jumpboard_curve(result["jumpboard"])),
                             key="jumpboard")
             st.caption("Direction chosen on half P1 of the probe sample, step on half P2. " + ui.theory_link("6-jumpboard"))
         if "jumpboard" in result:
@@ -113,4 +121,5 @@ def live():
     ui.routes_panel(result)
 
 
-live()
+status_line()
+panels()

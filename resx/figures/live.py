@@ -77,6 +77,20 @@ def training_curves(records: Iterable[Record], insert_step: int | None = None) -
     return fig
 
 
+def curves_version(records: Iterable[Record]) -> tuple[int, bool]:
+    """What training_curves draws from: (loss records of a drawn phase, whether the block is in).
+    Records only grow, so equal versions draw equal figures; batch losses and progress records,
+    which arrive every tick, leave it unchanged (a page redraws the chart only when it changes)."""
+    records = list(records)
+    return (sum(r.name == "loss" and r.phase in PHASE_DASH for r in records),
+            any(r.phase in ("insert", "jumpboard", "new", "control") for r in records))
+
+
+def heatmap_version(records: Iterable[Record], name: str = "kappa2_U") -> int:
+    """What margin_heatmap draws from: its margin records (as curves_version)."""
+    return sum(r.phase == "margins" and r.name == name and r.position is not None for r in records)
+
+
 def margin_heatmap(records: Iterable[Record], name: str = "kappa2_U") -> go.Figure:
     """Descent margin estimate (default U_P) as a heatmap: insertion position x base-training step."""
     rs = [r for r in records if r.phase == "margins" and r.name == name and r.position is not None]
