@@ -69,15 +69,12 @@ def scenario(name: str, sessions: int, probe: bool = True, worker_nice: int | No
             urls = [lab_url(server.url, {})] * sessions
         with sync_playwright() as p:
             browser = launch_chromium(p, nice=browser_nice)
-            probe_browser = launch_chromium(p) if browser_nice and probe else None
             try:
                 _warm_up(browser, server.url)
                 load_before = os.getloadavg()
-                report = drive(browser, server, urls, TIMEOUT_S[name], probe=probe, probe_browser=probe_browser)
+                report = drive(browser, server, urls, TIMEOUT_S[name], probe=probe)
             finally:
                 browser.close()
-                if probe_browser is not None:
-                    probe_browser.close()
         out = {"scenario": name, "worker_nice": worker_nice if worker_nice is not None else "default",
                "browser_nice": browser_nice, **report.summary(), "loadavg_before": [round(x, 2) for x in load_before],
                "loadavg_after": [round(x, 2) for x in os.getloadavg()],

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlencode
 
-from browser_util import page_errors, status_alert
+from browser_util import page_errors
 
 FINAL = ("done", "failed", "cancelled", "diverged", "interrupted")
 NAV_TITLES = {"Lab", "Lesson", "Class", "Signals", "Scaling", "Allocation", "Runs", "Theory"}  # app.py's st.navigation
@@ -41,7 +41,9 @@ class LoadReport:
     latencies: list[float] = field(default_factory=list)         # probe: menu click -> page settled, s
     reload_latencies: list[float] = field(default_factory=list)  # probe: reload -> Lab form settled, s
     peak_rss_mb: float = 0.0
+    cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds during the load: server, workers, browsers
     wall_s: float = 0.0
+    press_spread_s: float | None = None   # the last page's click after the common press moment, s
 
     @property
     def all_done(self) -> bool:
@@ -63,7 +65,9 @@ class LoadReport:
                 "latency_samples": len(self.latencies),
                 "p95_reload_latency_s": None if self.p95_latency(True) is None else round(self.p95_latency(True), 2),
                 "reload_samples": len(self.reload_latencies), "peak_rss_mb": round(self.peak_rss_mb),
+                "cpu_s": self.cpu_s,
                 "errors": sum(len(v) for v in self.errors.values()), "bad_nav": sum(map(len, self.bad_nav.values())),
+                "press_spread_s": None if self.press_spread_s is None else round(self.press_spread_s, 2),
                 "wall_s": round(self.wall_s, 1)}
 
 
@@ -71,31 +75,88 @@ def lab_url(base: str, params: dict) -> str:
     return f"{base}/lab?{urlencode(params)}" if params else f"{base}/lab"
 
 
-def tree_rss_mb(pid: int) -> float:
-    """Summed RSS (MiB) of `pid` and all its descendants, read from /proc."""
-    total, todo = 0, [pid]
+def _tree(pid: int) -> list[int]:
+    """`pid` and all its descendants, from /proc."""
+    out, todo = [], [pid]
     while todo:
         p = todo.pop()
+        out.append(p)
         try:
-            with open(f"/proc/{p}/status") as f:
-                total += next((int(line.split()[1]) for line in f if line.startswith("VmRSS:")), 0)
             for task in os.listdir(f"/proc/{p}/task"):
                 with open(f"/proc/{p}/task/{task}/children") as f:
                     todo += [int(c) for c in f.read().split()]
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
-    return total / 1024
+    return out
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next((int(line.split()[1]) for line in f if line.startswith("VmRSS:")), 0) / 1024
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return 0.0
+
+
+def _cpu_s(pid: int) -> float | None:
+    """utime + stime of `pid` in seconds (fields 14 and 15 of /proc/pid/stat)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    except (FileNotFoundError, ProcessLookupError, PermissionError, IndexError):
+        return None
+
+
+def tree_rss_mb(pid: int) -> float:
+    """Summed RSS (MiB) of `pid` and all its descendants, read from /proc."""
+    return sum(_rss_mb(p) for p in _tree(pid))
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 class _MemorySampler(threading.Thread):
+    """Every 0.25 s: the server tree's summed RSS (its peak kept), and the CPU seconds used since the
+    start by three parts: the Streamlit process, its worker processes, and this driver's browsers
+    (every other process under this Python process)."""
+
     def __init__(self, pid: int):
         super().__init__(daemon=True)
         self.pid, self.peak, self.stop = pid, 0.0, threading.Event()
+        self.cpu_start: dict[int, float] = {}
+        self.cpu_last: dict[int, tuple[str, float]] = {}
+        for part, pids in self._parts().items():
+            for p in pids:
+                if (c := _cpu_s(p)) is not None:
+                    self.cpu_start[p] = c
+
+    def _parts(self) -> dict[str, list[int]]:
+        server = _tree(self.pid)
+        browsers = [p for p in _tree(os.getpid())[1:] if p not in set(server)]
+        return {"server": server[:1], "workers": server[1:], "browsers": browsers}
 
     def run(self):
         while not self.stop.is_set():
-            self.peak = max(self.peak, tree_rss_mb(self.pid))
+            self.sample()
             self.stop.wait(0.25)
+        self.sample()
+
+    def sample(self):
+        parts = self._parts()
+        self.peak = max(self.peak, sum(_rss_mb(p) for p in parts["server"] + parts["workers"]))
+        for part, pids in parts.items():
+            for p in pids:
+                if (c := _cpu_s(p)) is not None:
+                    self.cpu_last[p] = (part, c)
+
+    def cpu_by_part(self) -> dict[str, float]:
+        """CPU seconds per part since the sampler was made (a process gone before its last sample
+        loses its final quarter second)."""
+        out = {"server": 0.0, "workers": 0.0, "browsers": 0.0}
+        for p, (part, c) in self.cpu_last.items():
+            out[part] += c - self.cpu_start.get(p, 0.0)
+        return {k: round(v, 1) for k, v in out.items()}
 
 
 def _nav_problems(page) -> list[str]:
@@ -127,65 +188,114 @@ def _probe_once(page, cycle: int, report: LoadReport) -> None:
     into.append(time.monotonic() - t0)
 
 
-def _final_status(page) -> str | None:
-    for status in FINAL:
-        if status_alert(page, status).count():
-            return status
-    return None
+# Each session page notes, itself, when a final status banner first appears (Date.now(), the
+# machine's clock): what the student sees, however long the driver takes to ask.
+FINAL_WATCH = """(() => {
+  const re = /:\\s*(%s)\\b/;
+  const check = () => {
+    if (window.__resxFinal) return;
+    for (const el of document.querySelectorAll('[data-testid="stAlert"]')) {
+      const m = (el.textContent || "").match(re);
+      if (m) { window.__resxFinal = {status: m[1], at: Date.now()}; return; }
+    }
+  };
+  new MutationObserver(check).observe(document, {subtree: true, childList: true, characterData: true});
+})();""" % "|".join(FINAL)
+
+
+# Run is pressed in every session at one moment: each page gets a timer for it (the driver's
+# calls reach the pages one by one, slowly when their renderers are starved); a page's time to
+# done counts from that moment, and the last page's delay in acting on the click is reported.
+PRESS_LEAD_S = 3.0
+PRESS = "(button, at) => setTimeout(() => { window.__resxPressed = Date.now(); button.click(); }, Math.max(0, at - Date.now()))"
+
+
+class _Probe(threading.Thread):
+    """The latency probe in its own thread, Playwright and normal-priority browser, so that it
+    samples about once a second however slowly the session pages answer the driver."""
+
+    def __init__(self, url: str, report: LoadReport):
+        super().__init__(daemon=True)
+        self.url, self.report = url, report
+        self.ready, self.stop, self.error = threading.Event(), threading.Event(), None
+
+    def run(self):
+        from playwright.sync_api import sync_playwright
+
+        from browser_util import launch_chromium
+        try:
+            with sync_playwright() as p:
+                browser = launch_chromium(p)
+                try:
+                    page = browser.new_context(viewport={"width": 1300, "height": 900}).new_page()
+                    page.goto(self.url + "/lab")
+                    page.get_by_role("button", name="Run", exact=True).wait_for(timeout=120_000)
+                    self.ready.set()
+                    cycle = 0
+                    while not self.stop.is_set():
+                        _probe_once(page, cycle, self.report)
+                        cycle += 1
+                        self.stop.wait(1.0)
+                finally:
+                    browser.close()
+        except Exception as e:  # reported by drive(), not lost with the thread
+            self.error = e
+            self.ready.set()
 
 
 def drive(browser, server, urls: list[str], timeout_s: float, probe: bool = True,
-          screenshot: Path | None = None, probe_browser=None) -> LoadReport:
-    """Open one session per URL, press Run in all at once, wait until each shows a final status.
-    The probe session opens in `probe_browser` (default: the same browser)."""
+          screenshot: Path | None = None) -> LoadReport:
+    """Open one session per URL, press Run in all at once, wait until each shows a final status
+    (timed by the page itself, FINAL_WATCH). With `probe`, a probe session in its own browser
+    measures page latency meanwhile."""
     report = LoadReport(len(urls))
     contexts, pages = [], []
+    prober = _Probe(server.url, report) if probe else None
     try:
         for url in urls:
             ctx = browser.new_context(viewport={"width": 1300, "height": 900})
             ctx.set_default_timeout(60_000)
+            ctx.add_init_script(FINAL_WATCH)
             page = ctx.new_page()
             page.goto(url)
             contexts.append(ctx)
             pages.append(page)
         for page in pages:
             page.get_by_role("button", name="Run", exact=True).wait_for(timeout=120_000)
-        probe_page = None
-        if probe:
-            ctx = (probe_browser or browser).new_context(viewport={"width": 1300, "height": 900})
-            contexts.append(ctx)
-            probe_page = ctx.new_page()
-            probe_page.goto(server.url + "/lab")
-            probe_page.get_by_role("button", name="Run", exact=True).wait_for(timeout=120_000)
+        if prober is not None:
+            prober.start()
+            prober.ready.wait(180)
+            if prober.error is not None:
+                raise RuntimeError("the latency probe could not start") from prober.error
         sampler = _MemorySampler(server.proc.pid)
         sampler.start()
         start = time.monotonic()
-        pressed = {}
-        for i, page in enumerate(pages):
-            page.get_by_role("button", name="Run", exact=True).click()
-            pressed[i] = time.monotonic()
+        press_at = time.time() + PRESS_LEAD_S  # every page clicks Run itself at this moment (PRESS)
+        for page in pages:
+            page.get_by_role("button", name="Run", exact=True).evaluate(PRESS, press_at * 1000)
         deadline = start + timeout_s
-        next_probe, cycle = time.monotonic(), 0
         while len(report.statuses) < len(pages) and time.monotonic() < deadline:
             for i, page in enumerate(pages):
                 if i in report.statuses:
                     continue
-                status = _final_status(page)
-                if status is not None:
-                    report.finished[i] = time.monotonic() - pressed[i]
-                    report.statuses[i] = status
+                final = page.evaluate("() => window.__resxFinal || null")
+                if final is not None:
+                    report.finished[i] = final["at"] / 1000 - press_at
+                    report.statuses[i] = final["status"]
                     m = re.search(r"[?&]run=([^&#]+)", page.url)
                     report.run_ids[i] = m.group(1) if m else ""
-            if probe_page is not None and time.monotonic() >= next_probe:
-                _probe_once(probe_page, cycle, report)
-                cycle += 1
-                next_probe = time.monotonic() + 1.0
-            else:
-                time.sleep(0.25)
+            time.sleep(0.5)
         report.wall_s = time.monotonic() - start
+        clicks = [page.evaluate("() => window.__resxPressed || null") for page in pages]
+        report.press_spread_s = max((c / 1000 - press_at for c in clicks if c), default=None)
         sampler.stop.set()
         sampler.join()
-        report.peak_rss_mb = sampler.peak
+        report.peak_rss_mb, report.cpu_s = sampler.peak, sampler.cpu_by_part()
+        if prober is not None:
+            prober.stop.set()
+            prober.join(180)
+            if prober.error is not None:
+                raise RuntimeError("the latency probe failed during the load") from prober.error
         for i, page in enumerate(pages):
             page.wait_for_timeout(200)
             errors = page_errors(page)
@@ -201,5 +311,7 @@ def drive(browser, server, urls: list[str], timeout_s: float, probe: bool = True
             (unfinished or pages)[-1].screenshot(path=str(screenshot), full_page=True)
         return report
     finally:
+        if prober is not None:
+            prober.stop.set()
         for ctx in contexts:
             ctx.close()
