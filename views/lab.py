@@ -58,12 +58,19 @@ if run_id in st.session_state.get("served_from_cache", ()):
         st.rerun()
 
 
+def panels_shown(snap) -> tuple:
+    """Which charts and results the panels have to draw: when it changes, the page reruns whole,
+    so a new panel appears within a status poll rather than at the panels' next redraw."""
+    names = {(r.name, r.phase) for r in snap.records}
+    return (any(n == "loss" for n, _ in names), any(ph == "margins" for _, ph in names), tuple(sorted(snap.result or ())))
+
+
 @st.fragment(run_every=POLL_S.get(first.status))
 def status_line():
     """Queue position, progress or final status: small, so it can poll often."""
     snap = manager.snapshot(run_id) if first.is_active else first  # a finished run is read once
-    if snap.status != first.status:
-        st.rerun()  # queued -> running -> finished: a full rerun sets the new polling cadence
+    if snap.status != first.status or panels_shown(snap) != panels_shown(first):
+        st.rerun()  # queued -> running -> finished sets the new polling cadence; a new panel appears at once
     head, stop = st.columns([5, 1])
     if snap.status == "queued":
         head.info(f"Run `{run_id}` is queued: position {snap.queue_position} of {len(manager.active())} "
