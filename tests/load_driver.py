@@ -2,15 +2,17 @@
 tests/test_load.py (CI, tiny runs) and benchmarks/bench_load.py (demo-mlp, figures).
 
 Each session is its own Playwright browser context (its own Streamlit session, as separate
-students' browsers are). Sessions open their URL, wait for the Lab form, then Run is pressed in
-all of them within about a second; the driver polls every page until it shows a final status,
-collecting exception boxes and the sidebar's navigation on the way. Beside them a probe session
-measures the page latency a student would feel during the load: about once a second it moves
-between the Lab and the Runs page through the app's menu (a page rerun: one script run over the
-open websocket), timed from the click to the new page drawn and settled; every fifth time it
-reloads the Lab instead (a new session: the browser boots the frontend again, most of it
-browser work), reported apart. Server memory is the summed RSS of the server's
-whole process tree (the Streamlit process and its worker processes), sampled every 0.25 s.
+students' browsers are). Sessions open their URL and wait for the Lab form; then every page clicks
+Run by its own timer at one common moment, and notes itself when its final status banner first
+appears (FINAL_WATCH), so a session's time to done is what its page showed, not when the driver
+got round to asking; the driver then collects exception boxes and the sidebar's navigation. Beside
+them a probe session, in its own thread and normal-priority browser, measures the page latency a
+student would feel during the load: about once a second it moves between the Lab and the Runs
+page through the app's menu (a page rerun: one script run over the open websocket), timed from
+the click to the new page drawn and settled; every fifth time it reloads the Lab instead (a new
+session: the browser boots the frontend again, most of it browser work), reported apart. Server
+memory is the summed RSS, and the summed PSS, of the server's whole process tree (the Streamlit
+process and its worker processes), sampled every 0.25 s with the CPU seconds of each part.
 """
 from __future__ import annotations
 
@@ -41,6 +43,8 @@ class LoadReport:
     latencies: list[float] = field(default_factory=list)         # probe: menu click -> page settled, s
     reload_latencies: list[float] = field(default_factory=list)  # probe: reload -> Lab form settled, s
     peak_rss_mb: float = 0.0
+    peak_pss_mb: float = 0.0                                     # the same as summed PSS
+    peak_rss_parts_mb: dict[str, int] = field(default_factory=dict)  # the server's and the workers' own peaks
     cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds during the load: server, workers, browsers
     wall_s: float = 0.0
     press_spread_s: float | None = None   # the last page's click after the common press moment, s
@@ -65,7 +69,7 @@ class LoadReport:
                 "latency_samples": len(self.latencies),
                 "p95_reload_latency_s": None if self.p95_latency(True) is None else round(self.p95_latency(True), 2),
                 "reload_samples": len(self.reload_latencies), "peak_rss_mb": round(self.peak_rss_mb),
-                "cpu_s": self.cpu_s,
+                "peak_pss_mb": round(self.peak_pss_mb), "peak_rss_parts_mb": self.peak_rss_parts_mb, "cpu_s": self.cpu_s,
                 "errors": sum(len(v) for v in self.errors.values()), "bad_nav": sum(map(len, self.bad_nav.values())),
                 "press_spread_s": None if self.press_spread_s is None else round(self.press_spread_s, 2),
                 "wall_s": round(self.wall_s, 1)}
@@ -90,10 +94,13 @@ def _tree(pid: int) -> list[int]:
     return out
 
 
-def _rss_mb(pid: int) -> float:
+def _rss_mb(pid: int, pss: bool = False) -> float:
+    """Resident MiB of `pid`; with `pss`, its proportional share (a page mapped by k processes
+    counts 1/k in each: torch's libraries, mapped by every worker, then count once in a sum)."""
+    path, key = (f"/proc/{pid}/smaps_rollup", "Pss:") if pss else (f"/proc/{pid}/status", "VmRSS:")
     try:
-        with open(f"/proc/{pid}/status") as f:
-            return next((int(line.split()[1]) for line in f if line.startswith("VmRSS:")), 0) / 1024
+        with open(path) as f:
+            return next((int(line.split()[1]) for line in f if line.startswith(key)), 0) / 1024
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return 0.0
 
@@ -117,13 +124,14 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 class _MemorySampler(threading.Thread):
-    """Every 0.25 s: the server tree's summed RSS (its peak kept), and the CPU seconds used since the
+    """Every 0.25 s: the server tree's summed RSS and PSS (peaks kept), and the CPU seconds used since the
     start by three parts: the Streamlit process, its worker processes, and this driver's browsers
     (every other process under this Python process)."""
 
     def __init__(self, pid: int):
         super().__init__(daemon=True)
-        self.pid, self.peak, self.stop = pid, 0.0, threading.Event()
+        self.pid, self.peak, self.peak_pss, self.stop = pid, 0.0, 0.0, threading.Event()
+        self.peak_parts: dict[str, float] = {}   # each part's own peak (they need not peak together)
         self.cpu_start: dict[int, float] = {}
         self.cpu_last: dict[int, tuple[str, float]] = {}
         for part, pids in self._parts().items():
@@ -144,7 +152,11 @@ class _MemorySampler(threading.Thread):
 
     def sample(self):
         parts = self._parts()
-        self.peak = max(self.peak, sum(_rss_mb(p) for p in parts["server"] + parts["workers"]))
+        server, workers = sum(map(_rss_mb, parts["server"])), sum(map(_rss_mb, parts["workers"]))
+        self.peak = max(self.peak, server + workers)
+        self.peak_pss = max(self.peak_pss, sum(_rss_mb(p, pss=True) for p in parts["server"] + parts["workers"]))
+        self.peak_parts = {"server": max(self.peak_parts.get("server", 0), server),
+                           "workers": max(self.peak_parts.get("workers", 0), workers)}
         for part, pids in parts.items():
             for p in pids:
                 if (c := _cpu_s(p)) is not None:
@@ -291,6 +303,8 @@ def drive(browser, server, urls: list[str], timeout_s: float, probe: bool = True
         sampler.stop.set()
         sampler.join()
         report.peak_rss_mb, report.cpu_s = sampler.peak, sampler.cpu_by_part()
+        report.peak_rss_parts_mb = {k: round(v) for k, v in sampler.peak_parts.items()}
+        report.peak_pss_mb = sampler.peak_pss
         if prober is not None:
             prober.stop.set()
             prober.join(180)
