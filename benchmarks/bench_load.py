@@ -10,10 +10,11 @@
              (wall time of the process, imports included) on the same machine; target <= 1.3x
 
 Each scenario starts its own `streamlit run app.py` (fresh RESX_HOME, workers = cores) and one
-headless system Chromium; tests/load_driver.py drives the sessions and measures: per-session
-time from its Run press to "done", a probe session's reload -> form-settled latency every ~1 s
-during the load, and the summed RSS of the server's process tree (Streamlit + worker processes;
-Chromium not counted). The machine, versions and load average are printed with every figure.
+headless system Chromium (the probe: one more); tests/load_driver.py drives the sessions and measures: per-session
+time from the common Run press to its page showing "done", a probe session's page-rerun and
+reload latency about once a second during the load, the summed RSS and PSS of the server's
+process tree (Streamlit + worker processes; Chromium not counted), and each part's CPU
+seconds. The machine, versions and load average are printed with every figure.
 """
 from __future__ import annotations
 
@@ -38,12 +39,12 @@ for path in (ROOT, ROOT / "tests"):
 from .harness import machine_info  # noqa: E402
 
 TIMEOUT_S = {"seeds": 1800, "identical": 600, "single": 300}
-# --browser-nice N > 0: the sessions' Chromium in a low-share cpu cgroup (and niced), the probe in
-# its own normal browser, as if each student's browser rendered on the student's own machine. Here
-# every page's rendering shares the server's two cores: at normal priority ten pages watching one run
-# took the cores from its worker (nice 10; its pipeline took 88 s against 16.5 s with the pages at low
-# share), while at low share the pages show "done" late (the last of 10 own seeds at 123 s against 93 s)
-# and the driver polling them samples the probe rarely. Both are reported; the default is normal.
+# --browser-nice N > 0: the sessions' Chromium in a low-share cpu cgroup (and niced), as if each
+# student's browser drew on the student's own machine. Here every page shares the server's two
+# cores: at normal priority ten pages watching one run took the cores from its worker (nice 10;
+# its pipeline 32 s against 8.4 s with the pages at low share), while at low share the pages draw
+# only what the workers leave idle (with 10 own seeds none drew "done" before the last run ended).
+# Both bracket a real class; the README reports both; the default is normal.
 BROWSER_NICE = 0
 
 

@@ -6,7 +6,10 @@ import streamlit as st
 from .text import fmt, theory_link
 
 PHASE_LABELS = {"base": "train base", "margins": "estimate margins", "insert": "insert",
-                "jumpboard": "jumpboard", "new": "fine-tune (expanded)", "control": "fine-tune (control)"}
+                "jumpboard": "jumpboard", "new": "fine-tune (expanded)", "control": "fine-tune (control)",
+                "certify": "certify (hold-out and PAC-Bayes)"}
+
+
 def status_banner(container, snap):
     """The final status of a run, with its message (divergence step and loss, failure, cancellation)."""
     text = f"Run `{snap.run_id}`: **{snap.status}**"

@@ -1,12 +1,12 @@
-"""One figure per run snapshot version, shared by every session that watches the run (issue 10).
+"""One figure per version of its data, shared by every session that watches the run (issue 10).
 
 Ten students watching one run used to build ten copies of each figure every tick; here the
 first session to see a new version of a figure's data builds it and the others reuse that
 object. A version counts the records the figure draws from (resx.figures.live's *_version):
 records only ever grow, so equal versions hold equal data, and a tick that brought only batch
-losses keeps every chart's version, so the pages send and draw the same chart again at no cost
-(the frontend re-plots a chart only when its spec changes). Figures are never mutated after they
-are built (st.plotly_chart copies them to JSON).
+losses keeps every chart's version, so the pages get the same spec again, which Streamlit's
+frontend does not re-plot. Figures are never mutated after they are built (st.plotly_chart copies
+them to JSON).
 """
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ _lock = threading.Lock()
 _figures: collections.OrderedDict[tuple, go.Figure] = collections.OrderedDict()
 _latest: dict[tuple[str, str], tuple[float, object]] = {}   # (run, kind) -> (built at, version)
 # A live chart is redrawn at most this often. Every redraw re-plots it on every page that watches
-# (Plotly's layout and styling: ~0.2 s of the page's main thread for the training curves on
-# demo-mlp, measured with a CDP profile); the progress bar still moves every poll.
+# (Plotly's layout and styling, then React: ~0.3 s of the page's main thread for the training
+# curves on demo-mlp, measured with a CDP profile); the status line still moves every poll.
 LIVE_REDRAW_S = 5.0
 _stats = {"built": 0, "shared": 0}
 
