@@ -43,7 +43,7 @@ class LoadReport:
     latencies: list[float] = field(default_factory=list)         # probe: menu click -> page settled, s
     reload_latencies: list[float] = field(default_factory=list)  # probe: reload -> Lab form settled, s
     peak_rss_mb: float = 0.0
-    peak_pss_mb: float = 0.0                                     # the same as summed PSS
+    peak_pss_mb: float = 0.0                                     # the same tree's summed PSS
     peak_rss_parts_mb: dict[str, int] = field(default_factory=dict)  # the server's and the workers' own peaks
     cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds during the load: server, workers, browsers
     wall_s: float = 0.0
@@ -115,11 +115,6 @@ def _cpu_s(pid: int) -> float | None:
         return None
 
 
-def tree_rss_mb(pid: int) -> float:
-    """Summed RSS (MiB) of `pid` and all its descendants, read from /proc."""
-    return sum(_rss_mb(p) for p in _tree(pid))
-
-
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -134,14 +129,14 @@ class _MemorySampler(threading.Thread):
         self.peak_parts: dict[str, float] = {}   # each part's own peak (they need not peak together)
         self.cpu_start: dict[int, float] = {}
         self.cpu_last: dict[int, tuple[str, float]] = {}
-        for part, pids in self._parts().items():
+        for pids in self._parts().values():
             for p in pids:
                 if (c := _cpu_s(p)) is not None:
                     self.cpu_start[p] = c
 
     def _parts(self) -> dict[str, list[int]]:
         server = _tree(self.pid)
-        browsers = [p for p in _tree(os.getpid())[1:] if p not in set(server)]
+        browsers = [p for p in _tree(os.getpid())[1:] if p not in server]
         return {"server": server[:1], "workers": server[1:], "browsers": browsers}
 
     def run(self):
