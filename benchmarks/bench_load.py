@@ -56,7 +56,7 @@ def _server(worker_nice: int | None = None):
 
 
 def scenario(name: str, sessions: int, probe: bool = True, worker_nice: int | None = None,
-             browser_nice: int = BROWSER_NICE) -> dict:
+             browser_nice: int = BROWSER_NICE, screenshot: Path | None = None, timeout_s: float | None = None) -> dict:
     from playwright.sync_api import sync_playwright
 
     from browser_util import launch_chromium
@@ -73,7 +73,7 @@ def scenario(name: str, sessions: int, probe: bool = True, worker_nice: int | No
             try:
                 _warm_up(browser, server.url)
                 load_before = os.getloadavg()
-                report = drive(browser, server, urls, TIMEOUT_S[name], probe=probe)
+                report = drive(browser, server, urls, timeout_s or TIMEOUT_S[name], probe=probe, screenshot=screenshot)
             finally:
                 browser.close()
         out = {"scenario": name, "worker_nice": worker_nice if worker_nice is not None else "default",
@@ -143,6 +143,9 @@ def main(argv=None) -> int:
                     help="the workers' niceness (RESX_WORKER_NICE; default: the app's); 0 for the A/B")
     ap.add_argument("--browser-nice", type=int, default=BROWSER_NICE,
                     help=f"> 0: the sessions' Chromium niced and in a low-share cpu cgroup, the probe in its own normal browser (default {BROWSER_NICE})")
+    ap.add_argument("--screenshot", type=Path, default=None,
+                    help="a PNG of a session that never finished (else of the last session) at the end")
+    ap.add_argument("--timeout-s", type=float, default=None, help="give up on unfinished sessions after this long")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     print(json.dumps({"machine": machine_info()}), flush=True)
@@ -161,7 +164,8 @@ def main(argv=None) -> int:
                    "loadavg_app": app["loadavg_before"], "loadavg_cli": [round(x, 2) for x in load],
                    "loadavg_after": [round(x, 2) for x in os.getloadavg()]}
         else:
-            fig = scenario(name, args.sessions, worker_nice=args.worker_nice, browser_nice=args.browser_nice)
+            fig = scenario(name, args.sessions, worker_nice=args.worker_nice, browser_nice=args.browser_nice,
+                           screenshot=args.screenshot, timeout_s=args.timeout_s)
         print(json.dumps(fig), flush=True)
     return 0
 

@@ -47,6 +47,7 @@ class LoadReport:
     peak_rss_parts_mb: dict[str, int] = field(default_factory=dict)  # the server's and the workers' own peaks
     cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds during the load: server, workers, browsers
     wall_s: float = 0.0
+    unfinished: dict[int, list[str]] = field(default_factory=dict)  # session -> its status texts at the end
     press_spread_s: float | None = None   # the last page's click after the common press moment, s
 
     @property
@@ -72,7 +73,7 @@ class LoadReport:
                 "peak_pss_mb": round(self.peak_pss_mb), "peak_rss_parts_mb": self.peak_rss_parts_mb, "cpu_s": self.cpu_s,
                 "errors": sum(len(v) for v in self.errors.values()), "bad_nav": sum(map(len, self.bad_nav.values())),
                 "press_spread_s": None if self.press_spread_s is None else round(self.press_spread_s, 2),
-                "wall_s": round(self.wall_s, 1)}
+                "unfinished": {str(k): v for k, v in self.unfinished.items()}, "wall_s": round(self.wall_s, 1)}
 
 
 def lab_url(base: str, params: dict) -> str:
@@ -315,6 +316,9 @@ def drive(browser, server, urls: list[str], timeout_s: float, probe: bool = True
                 report.bad_nav[i] = nav
             if page.locator('[data-testid="stAlert"]', has_text="Same configuration, seed and code").count():
                 report.cache_notes += 1
+        for i, page in enumerate(pages):  # what a session that never finished shows
+            if i not in report.statuses:
+                report.unfinished[i] = page.locator('[data-testid="stProgress"], [data-testid="stAlert"]').all_inner_texts()[:3]
         if screenshot is not None and pages:  # a session that never finished, if any: what it shows
             unfinished = [page for i, page in enumerate(pages) if i not in report.statuses]
             (unfinished or pages)[-1].screenshot(path=str(screenshot), full_page=True)
