@@ -48,6 +48,7 @@ class LoadReport:
     cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds during the load: server, workers, browsers
     wall_s: float = 0.0
     unfinished: dict[int, list[str]] = field(default_factory=dict)  # session -> its status texts at the end
+    crashed: list[int] = field(default_factory=list)                # sessions whose renderer crashed
     press_spread_s: float | None = None   # the last page's click after the common press moment, s
 
     @property
@@ -73,7 +74,7 @@ class LoadReport:
                 "peak_pss_mb": round(self.peak_pss_mb), "peak_rss_parts_mb": self.peak_rss_parts_mb, "cpu_s": self.cpu_s,
                 "errors": sum(len(v) for v in self.errors.values()), "bad_nav": sum(map(len, self.bad_nav.values())),
                 "press_spread_s": None if self.press_spread_s is None else round(self.press_spread_s, 2),
-                "unfinished": {str(k): v for k, v in self.unfinished.items()}, "wall_s": round(self.wall_s, 1)}
+                "unfinished": {str(k): v for k, v in self.unfinished.items()}, "crashed": self.crashed, "wall_s": round(self.wall_s, 1)}
 
 
 def lab_url(base: str, params: dict) -> str:
@@ -265,6 +266,7 @@ def drive(browser, server, urls: list[str], timeout_s: float, probe: bool = True
             ctx.set_default_timeout(60_000)
             ctx.add_init_script(FINAL_WATCH)
             page = ctx.new_page()
+            page.on("crash", lambda _page, i=len(pages): report.crashed.append(i))
             page.goto(url)
             contexts.append(ctx)
             pages.append(page)
