@@ -25,6 +25,7 @@ def number(v: float, signed: bool = False) -> str:
         text = f"{mantissa}×10{str(int(exponent)).translate(SUPERSCRIPT)}"
     return text
 PHASE_DASH = {"base": "solid", "new": "dash", "control": "dot"}
+AFTER_INSERT = ("insert", "jumpboard", "new", "control")   # phases once the block is in
 SPLIT_COLORS = {"S": "#1f77b4", "T": "#d62728", "pop": "#2ca02c", "P": "#9467bd"}
 
 
@@ -41,7 +42,7 @@ def training_curves(records: Iterable[Record], insert_step: int | None = None) -
     population curve carries a band of +-1 standard error; a vertical line marks the insertion
     once it has happened. Colour says the split, dash the phase."""
     records = list(records)
-    inserted = any(r.phase in ("insert", "jumpboard", "new", "control") for r in records)
+    inserted = any(r.phase in AFTER_INSERT for r in records)
     records = [r for r in records if r.name == "loss" and r.phase in PHASE_DASH]
     base_end = max((r.step for r in records if r.phase == "base"), default=0)
     fig = go.Figure()
@@ -83,7 +84,7 @@ def curves_version(records: Iterable[Record]) -> tuple[int, bool]:
     which arrive every tick, leave it unchanged (a page redraws the chart only when it changes)."""
     records = list(records)
     return (sum(r.name == "loss" and r.phase in PHASE_DASH for r in records),
-            any(r.phase in ("insert", "jumpboard", "new", "control") for r in records))
+            any(r.phase in AFTER_INSERT for r in records))
 
 
 def heatmap_version(records: Iterable[Record], name: str = "kappa2_U") -> int:
