@@ -10,11 +10,11 @@
              (wall time of the process, imports included) on the same machine; target <= 1.3x
 
 Each scenario starts its own `streamlit run app.py` (fresh RESX_HOME, workers = cores) and one
-headless system Chromium (the probe: one more); tests/load_driver.py drives the sessions and measures: per-session
-time from the common Run press to its page showing "done", a probe session's page-rerun and
-reload latency about once a second during the load, the summed RSS and PSS of the server's
-process tree (Streamlit + worker processes; Chromium not counted), and each part's CPU
-seconds. The machine, versions and load average are printed with every figure.
+headless system Chromium (the probe gets one more); tests/load_driver.py drives the sessions
+and measures: per-session time from the common Run press to its page showing "done", a probe
+session's page-rerun and reload latency about once a second during the load, the summed RSS and
+PSS of the server's process tree (Streamlit + worker processes; Chromium not counted), and each
+part's CPU seconds. The machine, versions and load average are printed with every figure.
 """
 from __future__ import annotations
 
