@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlencode
 
-from browser_util import page_errors
+from browser_util import full_screenshot, page_errors
 
 FINAL = ("done", "failed", "cancelled", "diverged", "interrupted")
 NAV_TITLES = {"Lab", "Lesson", "Class", "Signals", "Scaling", "Allocation", "Runs", "Theory"}  # app.py's st.navigation
@@ -323,7 +323,7 @@ def drive(browser, server, urls: list[str], timeout_s: float, probe: bool = True
                 report.unfinished[i] = page.locator('[data-testid="stProgress"], [data-testid="stAlert"]').all_inner_texts()[:3]
         if screenshot is not None and pages:  # a session that never finished, if any: what it shows
             unfinished = [page for i, page in enumerate(pages) if i not in report.statuses]
-            (unfinished or pages)[-1].screenshot(path=str(screenshot), full_page=True)
+            full_screenshot((unfinished or pages)[-1], screenshot)  # the whole scrolled page
         return report
     finally:
         if prober is not None:
