@@ -56,7 +56,8 @@ def _server(worker_nice: int | None = None):
 
 
 def scenario(name: str, sessions: int, probe: bool = True, worker_nice: int | None = None,
-             browser_nice: int = BROWSER_NICE, screenshot: Path | None = None, timeout_s: float | None = None) -> dict:
+             browser_nice: int = BROWSER_NICE, screenshot: Path | None = None, timeout_s: float | None = None,
+             browser_boost: bool = False) -> dict:
     from playwright.sync_api import sync_playwright
 
     from browser_util import launch_chromium
@@ -69,15 +70,16 @@ def scenario(name: str, sessions: int, probe: bool = True, worker_nice: int | No
         else:
             urls = [lab_url(server.url, {})] * sessions
         with sync_playwright() as p:
-            browser = launch_chromium(p, nice=browser_nice)
+            browser = launch_chromium(p, nice=browser_nice, boost=browser_boost)
             try:
                 _warm_up(browser, server.url)
                 load_before = os.getloadavg()
-                report = drive(browser, server, urls, timeout_s or TIMEOUT_S[name], probe=probe, screenshot=screenshot)
+                report = drive(browser, server, urls, timeout_s or TIMEOUT_S[name], probe=probe, screenshot=screenshot,
+                               probe_boost=browser_boost)
             finally:
                 browser.close()
         out = {"scenario": name, "worker_nice": worker_nice if worker_nice is not None else "default",
-               "browser_nice": browser_nice, **report.summary(), "loadavg_before": [round(x, 2) for x in load_before],
+               "browser_nice": browser_nice, "browser_boost": browser_boost, **report.summary(), "loadavg_before": [round(x, 2) for x in load_before],
                "loadavg_after": [round(x, 2) for x in os.getloadavg()],
                "exceptions": {str(k): v[:1] for k, v in report.errors.items()}, **_pipeline_seconds(server.home)}
         return out
@@ -143,6 +145,8 @@ def main(argv=None) -> int:
                     help="the workers' niceness (RESX_WORKER_NICE; default: the app's); 0 for the A/B")
     ap.add_argument("--browser-nice", type=int, default=BROWSER_NICE,
                     help=f"> 0: the sessions' Chromium niced and in a low-share cpu cgroup, the probe in its own normal browser (default {BROWSER_NICE})")
+    ap.add_argument("--browser-boost", action="store_true",
+                    help="let Chromium raise its own threads to nice -8 as it does when run as root (the A/B; default: all at 0)")
     ap.add_argument("--screenshot", type=Path, default=None,
                     help="a PNG of a session that never finished (else of the last session) at the end")
     ap.add_argument("--timeout-s", type=float, default=None, help="give up on unfinished sessions after this long")
@@ -165,7 +169,7 @@ def main(argv=None) -> int:
                    "loadavg_after": [round(x, 2) for x in os.getloadavg()]}
         else:
             fig = scenario(name, args.sessions, worker_nice=args.worker_nice, browser_nice=args.browser_nice,
-                           screenshot=args.screenshot, timeout_s=args.timeout_s)
+                           screenshot=args.screenshot, timeout_s=args.timeout_s, browser_boost=args.browser_boost)
         print(json.dumps(fig), flush=True)
     return 0
 

@@ -40,7 +40,8 @@ class LoadReport:
     errors: dict[int, list[str]] = field(default_factory=dict)  # exception boxes seen
     bad_nav: dict[int, list[str]] = field(default_factory=dict) # sidebar entries that are not the app's
     cache_notes: int = 0                                         # sessions told "same as run X"
-    latencies: list[float] = field(default_factory=list)         # probe: menu click -> page settled, s
+    latencies: list[float] = field(default_factory=list)         # probe: menu click -> page settled, s, timed in the page
+    driver_latencies: list[float] = field(default_factory=list)  # the same reruns timed by the driver (its round trips too)
     reload_latencies: list[float] = field(default_factory=list)  # probe: reload -> Lab form settled, s
     peak_rss_mb: float = 0.0
     peak_pss_mb: float = 0.0                                     # the same tree's summed PSS
@@ -49,15 +50,16 @@ class LoadReport:
     wall_s: float = 0.0
     unfinished: dict[int, list[str]] = field(default_factory=dict)  # session -> its status texts at the end
     crashed: list[int] = field(default_factory=list)                # sessions whose renderer crashed
+    js_errors: dict[int, list[str]] = field(default_factory=dict)   # session -> uncaught errors, console errors
     press_spread_s: float | None = None   # the last page's click after the common press moment, s
 
     @property
     def all_done(self) -> bool:
         return len(self.statuses) == self.sessions and all(s == "done" for s in self.statuses.values())
 
-    def p95_latency(self, reloads: bool = False) -> float | None:
-        xs = sorted(self.reload_latencies if reloads else self.latencies)
-        return xs[min(len(xs) - 1, int(round(0.95 * (len(xs) - 1))))] if xs else None
+    def p95_latency(self, reloads: bool = False, driver: bool = False) -> float | None:
+        xs = sorted(self.reload_latencies if reloads else self.driver_latencies if driver else self.latencies)
+        return round(xs[min(len(xs) - 1, int(round(0.95 * (len(xs) - 1))))], 2) if xs else None
 
     def summary(self) -> dict:
         times = sorted(self.finished.values())
@@ -67,14 +69,14 @@ class LoadReport:
                 "last_done_s": round(max(times), 1) if times else None,
                 "first_done_s": round(min(times), 1) if times else None,
                 "median_done_s": round(statistics.median(times), 1) if times else None,
-                "p95_latency_s": None if self.p95_latency() is None else round(self.p95_latency(), 2),
-                "latency_samples": len(self.latencies),
-                "p95_reload_latency_s": None if self.p95_latency(True) is None else round(self.p95_latency(True), 2),
+                "p95_latency_s": self.p95_latency(), "latency_samples": len(self.latencies),
+                "p95_latency_driver_s": self.p95_latency(driver=True), "p95_reload_latency_s": self.p95_latency(True),
                 "reload_samples": len(self.reload_latencies), "peak_rss_mb": round(self.peak_rss_mb),
                 "peak_pss_mb": round(self.peak_pss_mb), "peak_rss_parts_mb": self.peak_rss_parts_mb, "cpu_s": self.cpu_s,
                 "errors": sum(len(v) for v in self.errors.values()), "bad_nav": sum(map(len, self.bad_nav.values())),
                 "press_spread_s": None if self.press_spread_s is None else round(self.press_spread_s, 2),
-                "unfinished": {str(k): v for k, v in self.unfinished.items()}, "crashed": self.crashed, "wall_s": round(self.wall_s, 1)}
+                "unfinished": {str(k): v for k, v in self.unfinished.items()}, "crashed": self.crashed,
+                "js_errors": {str(k): v[:3] for k, v in self.js_errors.items()}, "wall_s": round(self.wall_s, 1)}
 
 
 def lab_url(base: str, params: dict) -> str:
@@ -178,23 +180,34 @@ SETTLED = ("() => !document.querySelector('[data-stale=\"true\"]')"
            " && !document.querySelector('[data-testid=\"stSkeleton\"]')")
 
 
+# A page rerun timed by the page itself (Date.now()), from the menu click to the new page in the
+# DOM with nothing stale or loading: not the driver's round trips to a busy browser.
+RERUN_TIMED = """([link, heading]) => new Promise(resolve => {
+  const t0 = Date.now();
+  const drawn = () => !document.querySelector('[data-stale="true"]') && !document.querySelector('[data-testid="stSkeleton"]')
+    && (heading ? [...document.querySelectorAll('[data-testid="stHeading"]')].some(h => h.textContent.trim() === heading)
+                : [...document.querySelectorAll('button')].some(b => b.textContent.trim() === 'Run'));
+  const observer = new MutationObserver(() => { if (drawn()) { observer.disconnect(); resolve((Date.now() - t0) / 1000); } });
+  observer.observe(document, {subtree: true, childList: true, attributes: true, characterData: true});
+  [...document.querySelectorAll('[data-testid="stSidebarNav"] a')].find(a => a.textContent.includes(link)).click();
+})"""
+
+
 def _probe_once(page, cycle: int, report: LoadReport) -> None:
-    """One latency sample: every fifth a reload of the Lab, else a page rerun through the menu to
-    the page the probe is not on (Lab <-> Runs; it is on the Lab after a reload)."""
-    t0 = time.monotonic()
+    """One latency sample: every fifth a reload of the Lab (timed by the driver), else a page
+    rerun through the menu to the page the probe is not on (Lab <-> Runs; it is on the Lab after
+    a reload), timed in the page (RERUN_TIMED)."""
     if cycle % 5 == 4:
+        t0 = time.monotonic()
         page.goto(page.url.split("?")[0].rsplit("/", 1)[0] + "/lab")
-        target, into = page.get_by_role("button", name="Run", exact=True), report.reload_latencies
+        page.get_by_role("button", name="Run", exact=True).wait_for(timeout=120_000)
+        page.wait_for_function(SETTLED, timeout=120_000)
+        report.reload_latencies.append(time.monotonic() - t0)
     else:
         to_runs = page.url.split("?")[0].endswith("/lab")
-        page.locator('[data-testid="stSidebarNav"] a', has_text="Runs" if to_runs else "Lab").click()
-        page.wait_for_url("**/runs*" if to_runs else "**/lab*", timeout=120_000)
-        target = (page.get_by_role("heading", name="Runs") if to_runs
-                  else page.get_by_role("button", name="Run", exact=True))
-        into = report.latencies
-    target.wait_for(timeout=120_000)
-    page.wait_for_function(SETTLED, timeout=120_000)
-    into.append(time.monotonic() - t0)
+        t0 = time.monotonic()
+        report.latencies.append(page.evaluate(RERUN_TIMED, ["Runs", "Runs"] if to_runs else ["Lab", None]))
+        report.driver_latencies.append(time.monotonic() - t0)
 
 
 # Each session page notes, itself, when a final status banner first appears (Date.now(), the
@@ -223,9 +236,9 @@ class _Probe(threading.Thread):
     """The latency probe in its own thread, Playwright and normal-priority browser, so that it
     samples about once a second however slowly the session pages answer the driver."""
 
-    def __init__(self, url: str, report: LoadReport):
+    def __init__(self, url: str, report: LoadReport, boost: bool = False):
         super().__init__(daemon=True)
-        self.url, self.report = url, report
+        self.url, self.report, self.boost = url, report, boost
         self.ready, self.stop, self.error = threading.Event(), threading.Event(), None
 
     def run(self):
@@ -234,7 +247,7 @@ class _Probe(threading.Thread):
         from browser_util import launch_chromium
         try:
             with sync_playwright() as p:
-                browser = launch_chromium(p)
+                browser = launch_chromium(p, boost=self.boost)
                 try:
                     page = browser.new_context(viewport={"width": 1300, "height": 900}).new_page()
                     page.goto(self.url + "/lab")
@@ -252,14 +265,27 @@ class _Probe(threading.Thread):
             self.ready.set()
 
 
+def _console_error(errors: dict[int, list[str]], session: int, message) -> None:
+    """A console error of `session`, once per distinct text (a failed resource with its URL)."""
+    if message.type != "error":
+        return
+    text, url = message.text[:300], (message.location or {}).get("url", "")
+    if re.search(r"//[^/]+/[^/]+/_stcore/(health|host-config)$", url):
+        return  # the frontend first tries the page's path (/lab/_stcore/...) as the server's base: 404, then /
+    if text.startswith("Failed to load resource"):
+        text += " " + url
+    if text not in errors.get(session, []):
+        errors.setdefault(session, []).append(text)
+
+
 def drive(browser, server, urls: list[str], timeout_s: float, probe: bool = True,
-          screenshot: Path | None = None) -> LoadReport:
+          screenshot: Path | None = None, probe_boost: bool = False) -> LoadReport:
     """Open one session per URL, press Run in all at once, wait until each shows a final status
     (timed by the page itself, FINAL_WATCH). With `probe`, a probe session in its own browser
     measures page latency meanwhile."""
     report = LoadReport(len(urls))
     contexts, pages = [], []
-    prober = _Probe(server.url, report) if probe else None
+    prober = _Probe(server.url, report, probe_boost) if probe else None
     try:
         for url in urls:
             ctx = browser.new_context(viewport={"width": 1300, "height": 900})
@@ -267,6 +293,8 @@ def drive(browser, server, urls: list[str], timeout_s: float, probe: bool = True
             ctx.add_init_script(FINAL_WATCH)
             page = ctx.new_page()
             page.on("crash", lambda _page, i=len(pages): report.crashed.append(i))
+            page.on("pageerror", lambda e, i=len(pages): report.js_errors.setdefault(i, []).append(f"uncaught: {e}"))
+            page.on("console", lambda m, i=len(pages): _console_error(report.js_errors, i, m))
             page.goto(url)
             contexts.append(ctx)
             pages.append(page)
@@ -320,7 +348,8 @@ def drive(browser, server, urls: list[str], timeout_s: float, probe: bool = True
                 report.cache_notes += 1
         for i, page in enumerate(pages):  # what a session that never finished shows
             if i not in report.statuses:
-                report.unfinished[i] = page.locator('[data-testid="stProgress"], [data-testid="stAlert"]').all_inner_texts()[:3]
+                report.unfinished[i] = page.locator('[data-testid="stProgress"], [data-testid="stAlert"]').all_inner_texts()[:3] + [
+                    page.url.split("/", 3)[-1], page.evaluate("() => `body: ${document.body.innerText.length} chars`")]
         if screenshot is not None and pages:  # a session that never finished, if any: what it shows
             unfinished = [page for i, page in enumerate(pages) if i not in report.statuses]
             full_screenshot((unfinished or pages)[-1], screenshot)  # the whole scrolled page
