@@ -4,7 +4,9 @@ import streamlit as st
 import ui
 from ui.demo import apply_demo_settings
 
-st.set_page_config(page_title="resx: depth expansion explorer", layout="wide")
+# An emoji favicon is drawn in the page; a material icon would be fetched from fonts.gstatic.com
+# (the current page's icon is the favicon otherwise): no request leaves a server with no network.
+st.set_page_config(page_title="resx: depth expansion explorer", page_icon="🧪", layout="wide")
 DEMO = apply_demo_settings()  # RESX_DEMO=1: one job at a time, small caps, the Lesson first
 
 LAB = st.Page("views/lab.py", title="Lab", icon=":material/science:", url_path="lab")
