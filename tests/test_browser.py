@@ -143,6 +143,45 @@ def test_reload_and_shared_link_reattach_to_the_finished_run(finished_run, brows
         ctx.close()
 
 
+def test_a_rerun_sent_with_an_older_url_keeps_the_run_on_screen(finished_run, browser, server):
+    """Streamlit takes st.query_params from each rerun's request; one sent with the page's query
+    from before Run (a fragment timer's, racing the server's ?run= update: blank pages under load)
+    must not drop the run. The page's websocket is routed through the test, which strips the query
+    from the next rerun request after the run is on screen: the Lab still shows the run and puts
+    ?run= back in the URL."""
+    from streamlit.proto.BackMsg_pb2 import BackMsg
+
+    run_id, stale = finished_run["id"], {"armed": False, "sent": 0}
+
+    def to_server(message, ws_server):
+        if stale["armed"] and isinstance(message, bytes):
+            msg = BackMsg.FromString(message)
+            if msg.WhichOneof("type") == "rerun_script" and msg.rerun_script.query_string:
+                msg.rerun_script.query_string = ""
+                message, stale["armed"], stale["sent"] = msg.SerializeToString(), False, stale["sent"] + 1
+        ws_server.send(message)
+
+    def route(ws):
+        ws_server = ws.connect_to_server()
+        ws.on_message(lambda m: to_server(m, ws_server))
+        ws_server.on_message(ws.send)
+
+    ctx = _context(browser)
+    try:
+        pg = ctx.new_page()
+        pg.route_web_socket(re.compile(r"/_stcore/stream"), route)
+        pg.goto(f"{server.url}/lab?run={run_id}")
+        _assert_finished_panels(pg, run_id)
+        stale["armed"] = True
+        pg.locator("body").press("r")   # Streamlit's rerun key: a full rerun, the query now stripped
+        assert wait_until(lambda: stale["sent"] == 1, 15), "no rerun request went out"
+        wait_settled(pg)
+        assert f"run={run_id}" in pg.url, pg.url
+        _assert_finished_panels(pg, run_id)
+    finally:
+        ctx.close()
+
+
 RUNS_LINK_BUG = ("BUG: the Runs page links to /lab?run=<id> (see LAB_URL_BUG). Fix in views/runs.py: "
                  "cols[0].page_link('views/lab.py', label=f'open {run_id} in the Lab', query_params={'run': run_id}), "
                  "or the app.py fix; then remove this xfail.")

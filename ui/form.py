@@ -103,7 +103,8 @@ def config_form(current: RunConfig, npz_path: str | None = None) -> tuple[RunCon
     if "preset" not in hide:
         chosen = st.selectbox("Preset", names, index=names.index(preset) if preset in names else 0,
                               key="preset_select", disabled="preset" in lock)
-    if chosen != preset:
+    if chosen != preset:  # a new configuration: the run shown goes, as it does from the URL
+        st.session_state.pop("lab_run", None)
         kept = keep_teacher_params()
         st.query_params.clear()
         st.query_params.update(kept)

@@ -15,6 +15,12 @@ st.caption("Train a post-normalized residual network, measure the descent margin
 
 manager = ui.get_manager()
 ui.teacher.student_name(ui.teacher.class_code())  # ?class=...: the name that files runs on the board
+# Streamlit reads st.query_params anew from every rerun's request, and a fragment's timer (the
+# sidebar's job count) can send one with the URL from before this session's last Run: ?run= then
+# vanishes server-side, the page redraws as if nothing ran, and under load the browser's element
+# tree breaks (a blank page). So the run this session shows is kept in the session too, and put back.
+if "run" not in st.query_params and st.session_state.get("lab_run"):
+    st.query_params["run"] = st.session_state["lab_run"]
 shown = ui.config_from_url()
 linked = st.query_params.get("run")
 if linked and set(st.query_params) <= {"run", "preset"} and (snap := manager.snapshot(linked)):
@@ -38,7 +44,7 @@ if run_pressed and cfg is not None:
         ui.config_to_url(cfg, preset)
         st.query_params["run"] = req.run_id
 
-run_id = st.query_params.get("run")
+run_id = st.session_state["lab_run"] = st.query_params.get("run")
 if not run_id:
     st.info("Press **Run** to start. The run id goes into the URL, so a reload or a shared link reattaches.")
     st.stop()
