@@ -110,8 +110,9 @@ def run_pipeline(cfg: RunConfig, sink: RecordSink = discard, cancel: Optional[th
     # jumpboard: direction on P1, step on P2 (with no descent direction on P1: f_J = f_new, and a note).
     # The curve's L uses the live curves' population slice; Delta_R (guarantees) uses all n_pop points.
     sink(Record("jumpboard", 0, "", "progress", 0.0))
+    tested = next(m.descent for m in margins if m.position == cfg.position)   # d_hat and its test, reused
     jump = jumpboard_path(new, cfg.position, data.S, data.P, data.T, evaluator.population, seed=cfg.seed,
-                          delta=cfg.delta)
+                          delta=cfg.delta, test=tested)
     f_J = jump.model
     result["jumpboard"] = jump.to_dict()
     sink(Record("jumpboard", 0, "", "progress", 1.0))

@@ -246,7 +246,7 @@ def steepest_on(f_new: nn.Module, position: int, P1, P2, delta: float = 0.05) ->
 
 
 def jumpboard_path(f_new: nn.Module, position: int, S, P, T, population=None, etas=None,
-                   seed: int = 0, delta: float = 0.05) -> JumpboardResult:
+                   seed: int = 0, delta: float = 0.05, test: Optional[DescentTest] = None) -> JumpboardResult:
     """Line search from phi0 along d_hat (theory.md 4b, 6; the construction is the paper's, the
     split, the kink-aware direction, the grid and the fit are ours). P is split in two halves by a
     seeded permutation: d_hat comes from P1, and eta* = argmin_eta L_P2 (eta = 0 included, so
@@ -255,20 +255,25 @@ def jumpboard_path(f_new: nn.Module, position: int, S, P, T, population=None, et
     same half would pick noise. The curve's L_P is L_P2; S, T and the population are only evaluated.
     When P1 has no descent direction at all (G_P1 = 0 for mlp; every channel minimum >= 0 for
     resnet) the result is f_J = f_new with eta* = 0, a one-point curve and a note.
-    f_new is not modified.
+    f_new is not modified. `test`: this block's DescentTest on the same halves (the margins step's
+    descent_tests at `position`, the same seeded candidate), so that it is not computed twice.
     """
     block = f_new.blocks[position]
     P1, P2 = split_halves(P, seed)
-    test = steepest_on(f_new, position, P1, P2, delta)
+    if test is None:
+        test = steepest_on(f_new, position, P1, P2, delta)
     phi0 = {n: block.get_parameter(n).detach().clone() for n in block.live_parameters}
-    kappa = math.sqrt(sum((g.double() ** 2).sum().item()
-                          for g in live_gradient(f_new, position, P1.x, P1.y).values()))
+    if isinstance(block, BasicBlock):   # ||G_P1|| by autograd; the one-sided rate is another number
+        kappa = math.sqrt(sum((g.double() ** 2).sum().item()
+                              for g in live_gradient(f_new, position, P1.x, P1.y).values()))
+    else:                               # mlp: d_hat = -G_P1/||G_P1||, so D_P1(d_hat) = -||G_P1||
+        kappa = -test.slope_in
     scale = step_scale(f_new, position)
     if test.direction is None:
         direction = {n: torch.zeros_like(p) for n, p in phi0.items()}
         etas = [0.0]
     else:
-        direction = test.direction
+        direction = {n: test.direction[n].to(p) for n, p in phi0.items()}   # the parameters' dtype
         etas = sorted(set([0.0] + [float(e) for e in (default_etas(scale) if etas is None else etas)]))
     if etas[0] < 0:
         raise ValueError(f"etas must be >= 0; got {etas[0]}")
