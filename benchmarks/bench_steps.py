@@ -1,14 +1,22 @@
 """The pipeline's steps timed (issue 10, item 4): theory steps against base training.
 
-`python -m benchmarks.bench_steps [PRESET ...]` (default demo-mlp demo-resnet) runs each preset's
-pipeline once in this process with one torch thread, after a warm-up optimizer (the first one
-imports torch._dynamo, seconds that belong to no step), and prints the per-step timings that
-`run_pipeline` records, the theory steps' total (estimate_margins + jumpboard + terms_and_routes)
-and its ratio to train_base (target <= 0.5), with the machine and the load average.
+`python -m benchmarks.bench_steps [--repeats N] [PRESET ...]` (default demo-mlp demo-resnet, N=3)
+runs each preset's pipeline 1 + N times in this process with one torch thread, after a warm-up
+optimizer (the first one imports torch._dynamo, seconds that belong to no step), and prints the
+per-step timings that `run_pipeline` records, the theory steps' total (estimate_margins +
+jumpboard + terms_and_routes) and its ratio to train_base (target <= 0.5).
+
+The first run of a preset is reported as `cold` and the N later ones as `warm`, with their median:
+the app's workers are persistent processes (resx.runs.workers), so a class sees the warm figure
+from its second run on, and the cold one pays one-off costs (lazy imports, allocator growth,
+kernel selection) that belong to no step of the method.
 """
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import statistics
 import sys
 import time
 
@@ -16,23 +24,36 @@ import torch
 
 from .harness import machine_info
 
+THEORY_STEPS = ("estimate_margins", "jumpboard", "terms_and_routes")
+
+
+def time_run(config) -> dict:
+    from resx.runs.pipeline import run_pipeline
+    t0 = time.perf_counter()
+    t = run_pipeline(config)["timings"]
+    theory = sum(t[s] for s in THEORY_STEPS)
+    return {"total_s": round(time.perf_counter() - t0, 2), "timings": t, "theory_s": round(theory, 3),
+            "theory_over_base": round(theory / t["train_base"], 3)}
+
 
 def main(argv=None) -> int:
-    presets = (argv if argv is not None else sys.argv[1:]) or ["demo-mlp", "demo-resnet"]
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bench_steps")
+    p.add_argument("presets", nargs="*", default=["demo-mlp", "demo-resnet"])
+    p.add_argument("--repeats", type=int, default=3, help="warm runs after the cold one (default 3)")
+    a = p.parse_args(argv)
     torch.set_num_threads(1)
     torch.optim.AdamW([torch.zeros(1, requires_grad=True)])
     from resx.core.config import PRESETS
-    from resx.runs.pipeline import run_pipeline
 
     print(json.dumps({"machine": machine_info()}), flush=True)
-    for name in presets:
-        t0 = time.perf_counter()
-        result = run_pipeline(PRESETS[name])
-        t = result["timings"]
-        theory = t["estimate_margins"] + t["jumpboard"] + t["terms_and_routes"]
-        print(json.dumps({"preset": name, "total_s": round(time.perf_counter() - t0, 2), "timings": t,
-                          "theory_s": round(theory, 2), "theory_over_base": round(theory / t["train_base"], 2),
-                          "loadavg": [round(x, 2) for x in __import__("os").getloadavg()]}), flush=True)
+    for name in a.presets:
+        runs = [time_run(PRESETS[name]) for _ in range(1 + a.repeats)]
+        for i, r in enumerate(runs):
+            print(json.dumps({"preset": name, "run": "cold" if i == 0 else f"warm {i}", **r}), flush=True)
+        warm = [r["theory_over_base"] for r in runs[1:]]
+        print(json.dumps({"preset": name, "cold_theory_over_base": runs[0]["theory_over_base"],
+                          "warm_theory_over_base_median": round(statistics.median(warm), 3) if warm else None,
+                          "loadavg": [round(x, 2) for x in os.getloadavg()]}), flush=True)
     return 0
 
 
