@@ -5,9 +5,13 @@ the process pool and the Ray cluster are started once per module (Ray start-up i
 """
 import argparse
 import csv
+import json
 import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +24,7 @@ from resx.scale.sweep import (CELL_COLUMNS, LocalExecutor, SweepSpec, add_sweep_
 TINY = RunConfig(n=128, n_probe=128, n_test=128, n_pop=1024, m_cert=2048, epochs=1, finetune_epochs=1, width=8, depth=1,
                  position=1)
 SPEC = SweepSpec(TINY, depths=[1, 2], widths=[8, 16])
+ROOT = Path(__file__).resolve().parents[1]
 TINY_ARGS = ["--set", "n=128", "--set", "n_probe=128", "--set", "n_test=128", "--set", "n_pop=1024", "--set", "m_cert=2048",
              "--set", "epochs=1", "--set", "finetune_epochs=1"]
 
@@ -126,6 +131,37 @@ def test_cancel_stops_a_running_ray_task(ray_executor):
     cells = run_sweep(slow, ray_executor, cancel=cancel)
     timer.cancel()
     assert [c["status"] for c in cells] == ["cancelled", "cancelled"]  # 2 CPUs: the third never started
+
+
+RAY_CANCELS = """
+import json, sys, threading
+sys.path.insert(0, "tests")
+from resx.scale.sweep import RayExecutor, SweepSpec, run_sweep
+from test_sweep import SPEC, TINY
+executor = RayExecutor(num_cpus=2)
+slow = SweepSpec(TINY.replace(n=1024, epochs=400), depths=[2], widths=[32, 16])
+out = []
+for delay in (0.05, 0.1, 0.2, 0.3, 0.5, 0.8):
+    cancel = threading.Event()
+    threading.Timer(delay, cancel.set).start()
+    out.append([c["status"] + ": " + (c.get("message") or "") for c in run_sweep(slow, executor, cancel=cancel)])
+out.append([c["status"] + ": " + (c.get("message") or "") for c in run_sweep(SPEC, executor)])
+executor.shutdown()
+print(json.dumps(out))
+"""
+
+
+def test_ray_cancels_as_cells_start_cancel_them_and_leave_the_workers_sound(ray_executor):
+    """On a fresh Ray, cancels sent as the cells reach their workers cancel every cell (Ray drops a
+    cancel that lands before a task starts, so it is sent again), and the next sweep on the workers
+    they interrupted runs every cell to done (an interrupt inside a lazy import once left each later
+    cell there failing: "module 'sympy' has no attribute 'logic'")."""
+    proc = subprocess.run([sys.executable, "-c", RAY_CANCELS], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    *cancelled, after = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert all(status.startswith("cancelled") for cells in cancelled for status in cells), cancelled
+    assert [status.split(":")[0] for status in after] == ["done"] * 4, after
 
 
 @pytest.mark.parametrize("kwargs, field, value", [

@@ -11,6 +11,7 @@ import multiprocessing
 import os
 import signal
 import threading
+import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Callable, Optional, Protocol
@@ -56,6 +57,7 @@ class InlineExecutor:
         pass
 
 
+RAY_CANCEL_RETRY_S = 0.5  # a cancel is sent again this often to Ray tasks that still run
 _WORKER_CANCEL = None  # the pool's multiprocessing Event, in each worker process
 
 
@@ -137,9 +139,24 @@ class LocalExecutor:
             self._pool = None
 
 
+_RAY_INTERRUPTED = False  # in a Ray worker: a cancel interrupted a task of this process
+
+
 def _ray_cell(fn: CellFn, config: dict, threads: int) -> dict:
+    """One cell in a Ray worker. A cancel is a KeyboardInterrupt raised wherever the task is, and
+    Ray keeps the process for later tasks: one that lands in a lazy import (the first optimizer
+    step imports torch._dynamo, and sympy with it) leaves a half-initialised module behind, and
+    every later cell there failed ("module 'sympy' has no attribute 'logic'", measured). So a
+    worker that was interrupted exits at its next task, which Ray then retries on a fresh one."""
+    global _RAY_INTERRUPTED
+    if _RAY_INTERRUPTED:
+        os._exit(1)
     torch.set_num_threads(threads)
-    return fn(config, None)
+    try:
+        return fn(config, None)
+    except KeyboardInterrupt:
+        _RAY_INTERRUPTED = True
+        raise
 
 
 class RayExecutor:
@@ -193,14 +210,19 @@ class RayExecutor:
         return max(1, int(self.ray.cluster_resources().get("CPU", 1)) // self.threads)
 
     def map(self, fn, configs, on_result, cancel=None) -> None:
-        ray, todo, running, stopped = self.ray, list(configs), {}, False
+        ray, todo, running, cancelled_at = self.ray, list(configs), {}, None
         limit = self.cpus  # one task per CPU, as locally: a cancel has nothing queued to undo
         try:
             while todo or running:
-                if cancel is not None and cancel.is_set() and not stopped:
-                    stopped = True
+                if cancel is not None and cancel.is_set() and (
+                        cancelled_at is None or time.monotonic() - cancelled_at >= RAY_CANCEL_RETRY_S):
+                    # KeyboardInterrupt inside the task; it reports TaskCancelledError. Sent again
+                    # while a task still runs: Ray drops a cancel that reaches a worker after it took
+                    # the task but before it started it (ray-project/ray#24359, #52703), and the
+                    # task would then train to the end; a cancel of a finished task does nothing.
+                    cancelled_at = time.monotonic()
                     for ref in running:
-                        ray.cancel(ref)  # KeyboardInterrupt inside the task; it reports TaskCancelledError
+                        ray.cancel(ref)
                     todo = []
                 while todo and len(running) < limit:
                     config = todo.pop(0)
