@@ -1,9 +1,10 @@
 """A class pressing Run at once (issue 10): 6 real Chromium sessions on one real `streamlit run`,
 each with its own ?seed=, all reach done with no exception box and the app's own navigation; then
-6 sessions with one identical configuration, computed once and served to all of them.
+6 sessions with the identical default configuration (the Lab as it opens: demo-mlp), computed once
+and served to all of them.
 
-Small runs (URL parameters) keep it to a couple of minutes on 2 cores; the figures with the real
-demo-mlp are benchmarks/bench_load.py's.
+The own-seed runs are small (URL parameters) to keep CI to a few minutes on 2 cores; the figures
+with ten and thirty demo-mlp sessions are benchmarks/bench_load.py's.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 
 from browser_util import Server
 from load_driver import drive, lab_url
+from resx.core.config import DEFAULT_PRESET, PRESETS
 
 pytestmark = pytest.mark.browser
 
@@ -56,8 +58,9 @@ def test_six_sessions_with_their_own_seeds_all_finish(browser, server):
 
 
 def test_six_identical_sessions_share_one_run(browser, server):
-    """Six sessions with one identical configuration all reach done on one computation; five are told which run they share."""
-    urls = [lab_url(server.url, {**TINY, "seed": 7})] * SESSIONS
+    """Six sessions on the Lab as it opens (the default configuration, nothing in the URL) press Run
+    together: all reach done on one computation of it, and five are told which run they share."""
+    urls = [lab_url(server.url, {})] * SESSIONS
     report = drive(browser, server, urls, TIMEOUT_S, probe=False)
     print("\n", report.summary())
     assert not report.errors, report.errors
@@ -67,4 +70,5 @@ def test_six_identical_sessions_share_one_run(browser, server):
     assert report.cache_notes == SESSIONS - 1
     with _store(server) as store:
         assert store.cache_hits([run_id]) == {run_id: SESSIONS - 1}
-        assert [r["id"] for r in store.list_runs() if r["config"]["seed"] == 7] == [run_id]
+        assert store.get_run(run_id)["config"] == PRESETS[DEFAULT_PRESET].to_dict()
+        assert [r["id"] for r in store.list_runs() if r["config"] == PRESETS[DEFAULT_PRESET].to_dict()] == [run_id]
