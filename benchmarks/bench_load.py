@@ -42,8 +42,8 @@ TIMEOUT_S = {"seeds": 1800, "identical": 600, "single": 300}
 # --browser-nice N > 0: the sessions' Chromium in a low-share cpu cgroup (and niced), as if each
 # student's browser drew on the student's own machine. Here every page shares the server's two
 # cores: at normal priority ten pages watching one run took the cores from its worker (nice 10;
-# its pipeline 32 s against 8.4 s with the pages at low share), while at low share the pages draw
-# only what the workers leave idle (with 10 own seeds none drew "done" before the last run ended).
+# its pipeline 19-35 s against 12 s with the pages at low share), while at low share the pages draw
+# only what the workers leave idle (with 10 own seeds the first drew "done" at 67 s, the last at 74).
 # Both bracket a real class; the README reports both; the default is normal.
 BROWSER_NICE = 0
 
