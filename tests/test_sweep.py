@@ -7,6 +7,7 @@ import argparse
 import csv
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -152,12 +153,14 @@ print(json.dumps(out))
 
 
 def test_ray_cancels_as_cells_start_cancel_them_and_leave_the_workers_sound(ray_executor):
-    """On a fresh Ray, cancels sent as the cells reach their workers cancel every cell (Ray drops a
-    cancel that lands before a task starts, so it is sent again), and the next sweep on the workers
-    they interrupted runs every cell to done (an interrupt inside a lazy import once left each later
-    cell there failing: "module 'sympy' has no attribute 'logic'")."""
+    """A driver started as `cmd &` is (SIGINT ignored) on a fresh Ray: cancels sent as the cells reach
+    their workers cancel every cell (the workers get Python's SIGINT handler back; Ray drops a cancel
+    that lands before a task starts, so it is sent again), and the next sweep on the workers they
+    interrupted runs every cell to done (an interrupt inside a lazy import once left each later cell
+    there failing: "module 'sympy' has no attribute 'logic'")."""
     proc = subprocess.run([sys.executable, "-c", RAY_CANCELS], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
     assert proc.returncode == 0, proc.stderr[-3000:]
     *cancelled, after = json.loads(proc.stdout.strip().splitlines()[-1])
     assert all(status.startswith("cancelled") for cells in cancelled for status in cells), cancelled
