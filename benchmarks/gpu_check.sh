@@ -99,10 +99,10 @@ for model in ("old", "new", "control"):
 pos = runs["cli_cpu"]["config"]["position"]
 def margin(r):
     m = next(m for m in r["margins"] if m.get("position") == pos)
-    return m.get("U_P", m.get("value")), m.get("U_P_se", m.get("stderr"))
+    return m["kappa2_U"], m["kappa2_U_se"]  # U_P and its se (result.json's margins, THEORY.md 4)
 (u0, se0), (u1, se1) = margin(runs["cli_cpu"]), margin(runs["cli_cuda"])
-check((u0 > 0) == (u1 > 0) or abs(u0 - u1) <= 2 * max(se0 or 0, se1 or 0),
-      f"descent margin at position {pos}: CPU {u0:.3g} (se {se0}) vs CUDA {u1:.3g} (se {se1})")
+check((u0 > 0) == (u1 > 0) or abs(u0 - u1) <= 2 * max(se0, se1),
+      f"descent margin U_P at position {pos}: CPU {u0:.3g} (se {se0:.2g}) vs CUDA {u1:.3g} (se {se1:.2g})")
 print("FAILED:" if failures else "all checks passed", *failures, sep="\n  ")
 sys.exit(1 if failures else 0)
 PY

@@ -1,5 +1,8 @@
 """The benchmark suite (`python -m resx bench`, `python -m benchmarks`): the shape of its report, never its numbers."""
 import json
+import os
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -63,3 +66,16 @@ def test_interleaved_alternates_the_order_of_the_arms_every_round():
     times, _ = harness.interleaved(arms, reps=3, min_round_s=0.0)
     assert calls == ["A", "B", "A", "B", "B", "A", "A", "B"]
     assert [len(t) for t in times.values()] == [3, 3]
+
+
+def test_the_gpu_check_runs_end_to_end_on_the_cpu():
+    """benchmarks/gpu_check.sh's dry run (RESX_GPU_CHECK_DEVICE=cpu): the CLI and a job on small
+    CIFAR-format data, every comparison made and passed, so the script a GPU session runs once has
+    been run (it once read margin keys that result.json does not have)."""
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(["bash", "benchmarks/gpu_check.sh"], cwd=root, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "RESX_GPU_CHECK_DEVICE": "cpu"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert lines[-1] == "all checks passed"
+    assert sum(line.startswith("ok   ") for line in lines) == 3 + 12 + 1  # preservation x3, losses x12, margin
