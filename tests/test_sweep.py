@@ -158,6 +158,8 @@ def test_ray_cancels_as_cells_start_cancel_them_and_leave_the_workers_sound(ray_
     that lands before a task starts, so it is sent again), and the next sweep on the workers they
     interrupted runs every cell to done (an interrupt inside a lazy import once left each later cell
     there failing: "module 'sympy' has no attribute 'logic'")."""
+    # its own process: a fresh Ray (cold workers) and a driver that ignores SIGINT; the fixture is
+    # only asked for its check that Ray is installed
     proc = subprocess.run([sys.executable, "-c", RAY_CANCELS], cwd=ROOT, capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(ROOT)},
                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))

@@ -142,19 +142,22 @@ class LocalExecutor:
 _RAY_INTERRUPTED = False  # in a Ray worker: a cancel interrupted a task of this process
 
 
-def _ray_worker_setup():
+def _sigint_hook():
     """The hook each Ray worker runs as it starts (runtime_env worker_process_setup_hook): it gives
     SIGINT back to Python's handler. A driver started in the background (`cmd &`: the shell ignores
     SIGINT for it) hands the ignore on to Ray's workers, and a cancel, which interrupts the task with
     SIGINT, then did nothing (every cancelled cell trained to the end) or failed the cell ("'Handlers'
-    object is not callable"). A closure, so that Ray ships it by value: the hook runs before the
-    driver's sys.path reaches the worker, where `resx` need not import yet."""
+    object is not callable"). A closure, which Ray ships by value (its name is not importable): the
+    hook runs before the driver's sys.path reaches the worker, where `resx` need not import yet."""
     def default_sigint() -> None:
         import signal
         import threading
         if signal.getsignal(signal.SIGINT) is signal.SIG_IGN and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, signal.default_int_handler)
     return default_sigint
+
+
+_RAY_DEFAULT_SIGINT = _sigint_hook()
 
 
 def _ray_cell(fn: CellFn, config: dict, threads: int) -> dict:
@@ -166,7 +169,7 @@ def _ray_cell(fn: CellFn, config: dict, threads: int) -> dict:
     global _RAY_INTERRUPTED
     if _RAY_INTERRUPTED:
         os._exit(1)
-    _ray_worker_setup()()  # for a Ray this executor did not start, whose workers lack the hook
+    _RAY_DEFAULT_SIGINT()  # for a Ray this executor did not start, whose workers lack the hook
     torch.set_num_threads(threads)
     try:
         return fn(config, None)
@@ -198,7 +201,7 @@ class RayExecutor:
         self._ready, self._stop, self._error = threading.Event(), threading.Event(), None
         self._owned = not ray.is_initialized()
         if self._owned:
-            runtime_env = {"worker_process_setup_hook": _ray_worker_setup(), **(runtime_env or {})}
+            runtime_env = {"worker_process_setup_hook": _RAY_DEFAULT_SIGINT, **(runtime_env or {})}
             kwargs = dict(address=address, runtime_env=runtime_env, log_to_driver=False)
             if address is None:
                 kwargs.update(num_cpus=num_cpus, include_dashboard=False)
