@@ -4,7 +4,8 @@ Three kinds of task (theory.md 1):
 - synthetic with a sampler, so that the population risk L is real: "teacher" (Gaussian inputs,
   labels from a fixed random network's tempered softmax; its Bayes risk is the floor) and
   "shapes" (10 classes of 3x16x16 images for the resnet);
-- real datasets through `torchvision.datasets`, read from the operator's data folder;
+- real datasets through `torchvision.datasets`, read from the operator's data folder, and
+  "digits" (1797 8x8 handwritten digits bundled with scikit-learn, so every install has real data);
 - user arrays from an `.npz` file (`allow_pickle=False`), size-limited and validated.
 
 S, P and T are independent: synthetic tasks draw each from its own generator stream; real and
@@ -35,7 +36,7 @@ Sampler = Callable[[int, torch.Generator], tuple[torch.Tensor, torch.Tensor, tor
 
 TASK_SEED = 20_240_517        # fixes the teacher and the shapes templates; never cfg.seed
 BAYES_POINTS = 1 << 17        # Monte Carlo points for the teacher's Bayes risk
-STREAMS = {"S": 1, "P": 2, "T": 3, "train_perm": 4, "test_perm": 5, "npz_perm": 6}
+STREAMS = {"S": 1, "P": 2, "T": 3, "train_perm": 4, "test_perm": 5, "npz_perm": 6, "digits_perm": 7}
 MAX_NPZ_CLASSES = 10_000
 
 
@@ -114,10 +115,12 @@ def load_data(cfg: RunConfig, device: torch.device | str = "cpu") -> TaskData:
         task = _shapes_task(cfg)
     elif cfg.dataset == "npz":
         task = _npz_task(cfg)
+    elif cfg.dataset == "digits":
+        task = _digits_task(cfg)
     else:
         task = _torchvision_task(cfg)
-    if cfg.arch == "resnet" and not task.is_image:
-        raise DataError(f"arch='resnet' needs images (n, C, H, W) or (n, H, W); {cfg.dataset!r} gives "
+    if cfg.arch != "mlp" and not task.is_image:
+        raise DataError(f"arch={cfg.arch!r} needs images (n, C, H, W) or (n, H, W); {cfg.dataset!r} gives "
                         f"vectors of shape {task.input_shape}: use arch='mlp'")
     for name in ("S", "P", "T"):
         s = getattr(task, name)
@@ -324,6 +327,36 @@ def _torchvision_task(cfg: RunConfig) -> TaskData:
     T = take(x_te, y_te, perm_te[cfg.n_probe:cfg.n_probe + cfg.n_test])
     K = 100 if cfg.dataset == "cifar100" else 10
     return TaskData(cfg.dataset, S, P, T, K, tuple(x_tr.shape[1:]), None, None, is_image=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# digits: scikit-learn's bundled copy of the UCI optdigits test set, no download
+
+DIGITS_SIZE = 1797               # images of 8x8 pixels, values 0..16, 10 classes (174-183 each)
+DIGITS_MEAN, DIGITS_STD = 0.3053, 0.3760   # pixel mean and std of x/16 over all 1797 images (fixed, as CIFAR's)
+DIGITS_CREDIT = ("UCI ML hand-written digits (optdigits; Alpaydin and Kaynak 1998), via scikit-learn's "
+                 "load_digits; CC BY 4.0")
+
+
+def _digits_task(cfg: RunConfig) -> TaskData:
+    """S, P, T: disjoint parts of one seeded permutation of the 1797 images, (1, 8, 8) each,
+    standardised by fixed constants. There is no sampler: as for CIFAR, T stands in for the population."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise DataError("digits: scikit-learn is not installed; pip install -r requirements.txt "
+                        "(it ships the 1797 images inside its wheel, nothing is downloaded)") from None
+    bunch = load_digits()
+    X = (np.asarray(bunch.images, dtype=np.float32)[:, None] / 16.0 - DIGITS_MEAN) / DIGITS_STD   # (1797, 1, 8, 8)
+    y = np.asarray(bunch.target, dtype=np.int64)
+    need = cfg.n + cfg.n_probe + cfg.n_test
+    if need > len(y):
+        raise DataError(f"digits: n + n_probe + n_test = {need} images requested but the dataset holds "
+                        f"{len(y)}; lower n, n_probe or n_test so that they sum to <= {len(y)}")
+    perm = torch.randperm(len(y), generator=stream_generator(cfg.seed, "digits_perm")).numpy()
+    cuts = np.split(perm[:need], [cfg.n, cfg.n + cfg.n_probe])
+    S, P, T = (Split(torch.from_numpy(X[i]), torch.from_numpy(y[i])) for i in cuts)
+    return TaskData("digits", S, P, T, 10, tuple(X.shape[1:]), None, None, is_image=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import RunConfig
+from .tv_resnet import TORCHVISION_ARCHS, ResNetBlocks, last_norm, small_resnet
 
 LN_EPS = 1e-6  # LayerNorm epsilon; a zero mlp block changes h by a factor 1/sqrt(1 - eps + eps) ~ eps/2
 
@@ -187,7 +188,12 @@ class FromPosition(nn.Module):
 
 
 def build_model(cfg: RunConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    """The old model of a run; seeded by the caller."""
+    """The old model of a run; seeded by the caller. resnet18 / resnet34: torchvision's, adapted to
+    small images (tv_resnet.small_resnet; depth and width do not apply)."""
+    if cfg.arch in TORCHVISION_ARCHS:
+        if len(input_shape) != 3:
+            raise ValueError(f"{cfg.arch} needs image inputs (C, H, W); the dataset gives {tuple(input_shape)}")
+        return small_resnet(cfg.arch, input_shape[0], num_classes)
     if cfg.arch == "mlp":
         in_features = 1
         for s in input_shape:
@@ -234,14 +240,42 @@ def check_positions(model: nn.Module, positions=None) -> list[int]:
     return positions
 
 
+def live_parameters_of(block: nn.Module) -> tuple[str, ...]:
+    """The names, inside `block`, of the parameters whose gradient at phi0 is nonzero (theory.md 3):
+    the block's own `live_parameters`, or a torchvision block's last BatchNorm (weight, bias)."""
+    names = getattr(block, "live_parameters", None)
+    if names is not None:
+        return tuple(names)
+    last = last_norm(block)
+    name = next(n for n, m in block.named_modules() if m is last)
+    return (f"{name}.weight", f"{name}.bias")
+
+
+def block_prefix(model: nn.Module, position: int) -> str:
+    """The state-dict prefix of blocks[position]: "blocks.k" (resx) or "layerS.j" (torchvision)."""
+    if isinstance(model, ResNetBlocks):
+        return model.blocks.name_of(position)
+    return f"blocks.{position}"
+
+
 def live_parameter_names(model: nn.Module, position: int) -> tuple[str, ...]:
     """Names of the new block's parameters whose gradient at phi0 is nonzero (theory.md 3)."""
     block = model.blocks[position]
-    return tuple(f"blocks.{position}.{name}" for name in block.live_parameters)
+    return tuple(f"{block_prefix(model, position)}.{name}" for name in live_parameters_of(block))
 
 
 def new_block_parameter_names(model: nn.Module, position: int) -> tuple[str, ...]:
-    return tuple(f"blocks.{position}.{name}" for name, _ in model.blocks[position].named_parameters())
+    return tuple(f"{block_prefix(model, position)}.{name}" for name, _ in model.blocks[position].named_parameters())
+
+
+def pre_norm_branch(block: nn.Module, h: torch.Tensor) -> tuple[torch.Tensor, nn.Module]:
+    """(v, bn): the input of the BatchNorm that ends a conv block's residual branch, and that BN,
+    eval mode: conv2 relu(bn1 conv1 h) (BasicBlock, resx's or torchvision's) or
+    conv3 relu(bn2 conv2 relu(bn1 conv1 h)) (torchvision's Bottleneck). (n, C, H, W)"""
+    a = F.relu(block.bn1(block.conv1(h)))
+    if hasattr(block, "conv3"):
+        return block.conv3(F.relu(block.bn2(block.conv2(a)))), block.bn3
+    return block.conv2(a), block.bn2
 
 
 @torch.no_grad()
@@ -287,17 +321,49 @@ def _logits(model, x, train_mode: bool, batch_size: int = 1024):
 
 
 def candidate_block(model: nn.Module, position: int, x_S: torch.Tensor, seed: int) -> nn.Module:
-    """The zero-initialised block for `position`, seeded, on the model's device, and (resnet)
+    """The zero-initialised block for `position`, seeded, on the model's device, and (conv blocks)
     with its BatchNorm statistics calibrated on the activations of S at that position."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed + 7919 * position)
-        block = model.new_block(position)
+    return candidate_blocks(model, [position], x_S, seed)[position]
+
+
+@torch.no_grad()
+def candidate_blocks(model: nn.Module, positions, x_S: torch.Tensor, seed: int,
+                     batch_size: int = 512) -> dict[int, nn.Module]:
+    """`candidate_block` at every position in `positions`, the BatchNorms of all of them calibrated
+    in ONE streamed pass of `model` over x_S (not one pass per position): each chunk's activation
+    at position k goes through candidate k in train mode, with cumulative averaging (momentum=None)
+    over the chunks, as `calibrate_batchnorm_` does on stored activations. Memory O(chunk)."""
     first = next(model.parameters())
-    block = block.to(device=first.device, dtype=first.dtype)
-    if isinstance(model, ResNet):
-        calibrate_batchnorm_(block, activations_at(model, x_S, position))
-    block.eval()
-    return block
+    blocks = {}
+    for k in positions:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed + 7919 * k)
+            block = model.new_block(k)
+        blocks[k] = block.to(device=first.device, dtype=first.dtype)
+    todo = {k for k, b in blocks.items() if any(isinstance(m, nn.BatchNorm2d) for m in b.modules())}
+    if todo:
+        bns = [m for k in todo for m in blocks[k].modules() if isinstance(m, nn.BatchNorm2d)]
+        for bn in bns:
+            bn.reset_running_stats()
+            bn.momentum = None
+        for k in todo:
+            blocks[k].train()
+        was = model.training
+        model.eval()
+        stop = max(todo)
+        for i in range(0, len(x_S), batch_size):
+            h = model.embed(x_S[i:i + batch_size])
+            for j in range(stop + 1):
+                if j in todo:
+                    blocks[j](h)
+                if j < stop:
+                    h = model.blocks[j](h)
+        model.train(was)
+        for bn in bns:
+            bn.momentum = 0.1
+    for block in blocks.values():
+        block.eval()
+    return blocks
 
 
 def insert_block(model: nn.Module, position: int, x_S: torch.Tensor, y_S: torch.Tensor,

@@ -132,8 +132,10 @@ class StackedSplits:
 
     def line(self, model: nn.Module, direction: dict) -> Optional["StackedLine"]:
         """The risks along phi = eta d of the zero block at the stored position (blocks' `line`), or
-        None when the activations were not stored or (h, u) would not fit in PREFIX_BYTES."""
-        if self.position is None or 2 * self.x.element_size() * self.x.numel() > PREFIX_BYTES:
+        None when the activations were not stored, (h, u) would not fit in PREFIX_BYTES, or the block
+        has no `line` (torchvision's blocks: every step then runs the block itself)."""
+        if (self.position is None or 2 * self.x.element_size() * self.x.numel() > PREFIX_BYTES
+                or not hasattr(model.blocks[self.position], "line")):
             return None
         return StackedLine(self, model, direction)
 

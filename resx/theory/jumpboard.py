@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..core.models import BasicBlock
+from ..core.models import PostLNBlock, live_parameters_of
 from ..core.train import StackedSplits, per_sample_losses, risk
 from .kink import DescentTest, KinkSample, descent_test, one_sided_terms, split_halves, steepest_direction
 from .margins import live_gradients, normalised_branch
@@ -59,7 +59,7 @@ def live_gradient(f_new: nn.Module, position: int, x, y, batch_size: int = 4096)
     """G = grad of the mean loss over (x, y) w.r.t. the new block's live parameters, by autograd,
     eval mode, in the model's dtype: {name inside the block: tensor}."""
     block = f_new.blocks[position]
-    names = tuple(block.live_parameters)
+    names = live_parameters_of(block)
     params = [block.get_parameter(n) for n in names]
     flags = [p.requires_grad for p in params]
     was = f_new.training
@@ -98,17 +98,18 @@ def one_sided_slope(f_new: nn.Module, position: int, x, y, direction: dict, batc
     that term. The loss is piecewise smooth, not differentiable, at a resnet phi0.
     """
     block = f_new.blocks[position]
-    if any(block.get_parameter(n).detach().abs().max().item() != 0.0 for n in block.live_parameters):
+    if any(block.get_parameter(n).detach().abs().max().item() != 0.0 for n in live_parameters_of(block)):
         raise ValueError(f"the block at position {position} is not at phi0; D(d) is derived there")
     G = live_gradient(f_new, position, x, y)
     linear = sum((G[n] * direction[n]).sum() for n in G).item()
-    if not isinstance(block, BasicBlock):
+    if isinstance(block, PostLNBlock):
         return linear
     kink = 0.0
+    d_weight, d_bias = (direction[n] for n in live_parameters_of(block))    # the branch's last BN
     for h, g in _block_io(f_new, position, x, y, batch_size):
         with torch.no_grad():
             zhat = normalised_branch(block, h)                                # (n, C, H, W)
-            response = direction["bn2.weight"][:, None, None] * zhat + direction["bn2.bias"][:, None, None]
+            response = d_weight[:, None, None] * zhat + d_bias[:, None, None]
             kink += (g * (h == 0) * F.relu(response)).sum().item()
     return linear + kink / len(x)
 
@@ -185,8 +186,8 @@ def step_scale(f_new: nn.Module, position: int) -> float:
     live parameters have, so the grid is in natural units (ours; 1.0 if that is zero)."""
     new = f_new.blocks[position]
     old = [b for i, b in enumerate(f_new.blocks) if i != position]
-    values = [b.get_parameter(n).detach().reshape(-1) for b in old for n in b.live_parameters]
-    p_new = sum(new.get_parameter(n).numel() for n in new.live_parameters)
+    values = [b.get_parameter(n).detach().reshape(-1) for b in old for n in live_parameters_of(b)]
+    p_new = sum(new.get_parameter(n).numel() for n in live_parameters_of(new))
     rms = torch.cat(values).pow(2).mean().sqrt().item() if values else 0.0
     return math.sqrt(p_new) * rms if rms > 0 else 1.0
 
@@ -221,13 +222,15 @@ def _block_io(f_new: nn.Module, position: int, x, y, batch_size: int = 1024):
 def steepest_on(f_new: nn.Module, position: int, P1, P2, delta: float = 0.05) -> DescentTest:
     """d_hat on P1 and the cross-fitted test of theory.md 4b on P2, for the block inside f_new (at phi0)."""
     block = f_new.blocks[position]
-    resnet = isinstance(block, BasicBlock)
+    resnet = not isinstance(block, PostLNBlock)
+    names = live_parameters_of(block)
     if resnet:
         sample = KinkSample()
         for h, g in _block_io(f_new, position, P1.x, P1.y):
             sample.add(h, g, normalised_branch(block, h).float())
-        best = steepest_direction(sample)
-        d, slope_in = best.direction, best.rate
+        best = steepest_direction(sample)   # its keys are bn2.*; the block's last BN may be bn3
+        d = None if best.direction is None else dict(zip(names, best.direction.values()))
+        slope_in = best.rate
     else:
         G = live_gradient(f_new, position, P1.x, P1.y)
         norm = math.sqrt(sum((g.double() ** 2).sum().item() for g in G.values()))
@@ -238,9 +241,9 @@ def steepest_on(f_new: nn.Module, position: int, P1, P2, delta: float = 0.05) ->
     terms = []
     for h, g in _block_io(f_new, position, P2.x, P2.y):
         if resnet:
-            terms.append(one_sided_terms(h, g, normalised_branch(block, h), d["bn2.weight"], d["bn2.bias"]))
+            terms.append(one_sided_terms(h, g, normalised_branch(block, h), d[names[0]], d[names[1]]))
         else:
-            flat = torch.cat([d[n].reshape(-1) for n in block.live_parameters]).double()
+            flat = torch.cat([d[n].reshape(-1) for n in names]).double()
             terms.append(live_gradients(block, h, g).dots(flat))
     return descent_test(slope_in, torch.cat(terms), len(P1.y), delta, d)
 
@@ -262,8 +265,8 @@ def jumpboard_path(f_new: nn.Module, position: int, S, P, T, population=None, et
     P1, P2 = split_halves(P, seed)
     if test is None:
         test = steepest_on(f_new, position, P1, P2, delta)
-    phi0 = {n: block.get_parameter(n).detach().clone() for n in block.live_parameters}
-    if isinstance(block, BasicBlock):   # ||G_P1|| by autograd; the one-sided rate is another number
+    phi0 = {n: block.get_parameter(n).detach().clone() for n in live_parameters_of(block)}
+    if not isinstance(block, PostLNBlock):   # ||G_P1|| by autograd; the one-sided rate is another number
         kappa = math.sqrt(sum((g.double() ** 2).sum().item()
                               for g in live_gradient(f_new, position, P1.x, P1.y).values()))
     else:                               # mlp: d_hat = -G_P1/||G_P1||, so D_P1(d_hat) = -||G_P1||

@@ -25,8 +25,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
-from ..core.models import (LN_EPS, BasicBlock, PostLNBlock, candidate_block, check_positions, insert_block,
-                     live_parameter_names)
+from ..core.models import (LN_EPS, PostLNBlock, candidate_block, candidate_blocks, check_positions, insert_block,
+                           live_parameter_names, live_parameters_of, pre_norm_branch)  # noqa: F401 (candidate_block: re-exported)
 from ..core.records import Record
 from .kink import DescentTest, KinkSample, descent_test, one_sided_terms, split_halves, steepest_direction
 
@@ -258,19 +258,19 @@ def _activations_and_gradients(model, x, y, positions):
 
 
 def _check_zero_init(block: nn.Module, position: int):
-    for name in block.live_parameters:
+    for name in live_parameters_of(block):
         if block.get_parameter(name).detach().abs().max().item() != 0.0:
             raise ValueError(f"candidate for position {position}: {name} is not zero; the closed form "
                              f"holds at phi0 (a zero-initialised block)")
 
 
 @torch.no_grad()
-def normalised_branch(block: BasicBlock, h: torch.Tensor) -> torch.Tensor:
-    """zhat = (conv2 output - running mean) / sqrt(running var + eps) of a BasicBlock's branch, eval
-    mode: BN2's input, normalised; at phi0 the branch is BN2.weight * zhat + BN2.bias = 0. (n, C, H, W)"""
-    bn2 = block.bn2
-    v = block.conv2(F.relu(block.bn1(block.conv1(h))))                  # (n, C, H, W)
-    return (v - bn2.running_mean[:, None, None]) / torch.sqrt(bn2.running_var[:, None, None] + bn2.eps)
+def normalised_branch(block: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """zhat = (v - running mean) / sqrt(running var + eps), v the input of the BatchNorm that ends a
+    conv block's branch (BN2 of a BasicBlock, BN3 of a torchvision Bottleneck; models.pre_norm_branch),
+    eval mode; at phi0 the branch is bn.weight * zhat + bn.bias = 0. (n, C, H, W)"""
+    v, bn = pre_norm_branch(block, h)                                   # (n, C, H, W)
+    return (v - bn.running_mean[:, None, None]) / torch.sqrt(bn.running_var[:, None, None] + bn.eps)
 
 
 @torch.no_grad()
@@ -282,7 +282,9 @@ def live_gradients(block: nn.Module, h: torch.Tensor, g: torch.Tensor, dtype=STA
       LayerNorm's exact Jacobian J_N' g = (g - mean(g) - y mean(g y)) / sigma, y = (z - mu)/sigma,
       sigma = sqrt(var(z) + eps); dW2 = delta a', db2 = delta, a = relu(W1 h + b1).
     resnet (BasicBlock, eval mode): u = g 1[h > 0]; dBN2.bias_c = sum_hw u_c,
-      dBN2.weight_c = sum_hw (u zhat)_c, zhat = (conv2 output - running mean) / sqrt(running var + eps).
+      dBN2.weight_c = sum_hw (u zhat)_c, zhat = (conv2 output - running mean) / sqrt(running var + eps);
+      the same for any block whose branch ends in a BatchNorm before ReLU(h + branch) (torchvision's
+      BasicBlock: BN2; Bottleneck: BN3, zhat its normalised input).
     """
     if isinstance(block, PostLNBlock):
         centred = h - h.mean(-1, keepdim=True)                          # z = h + F = h at phi0: (n, w)
@@ -291,12 +293,13 @@ def live_gradients(block: nn.Module, h: torch.Tensor, g: torch.Tensor, dtype=STA
         delta = (g - g.mean(-1, keepdim=True) - yhat * (g * yhat).mean(-1, keepdim=True)) / sigma
         a = F.relu(block.w1(h))                                         # (n, w)
         return FactoredGrads(delta, a, dtype)
-    if isinstance(block, BasicBlock):
-        bn2 = block.bn2
+    if hasattr(block, "bn2"):
+        names = live_parameters_of(block)
+        shape = block.get_parameter(names[0]).shape
         zhat = normalised_branch(block, h)                              # (n, C, H, W)
         u = g * (h > 0)                                                 # (n, C, H, W)
         flat = torch.cat([(u * zhat).sum((2, 3)), u.sum((2, 3))], 1)    # (n, 2C): weight, bias
-        return DenseGrads(flat, BasicBlock.live_parameters, (bn2.weight.shape, bn2.bias.shape), dtype)
+        return DenseGrads(flat, names, (shape, shape), dtype)
     raise TypeError(f"no closed form for a {type(block).__name__} block")
 
 
@@ -484,13 +487,15 @@ def descent_margins(model: nn.Module, S, P, population=None, positions=None,
 
     S, P, population: objects with .x, .y (data.Split); population may be None (real data).
     candidates default to candidate_block(model, k, S.x, seed) (BN calibrated on S for resnet: S
-    sets zhat's normalisation, hence the direction's gamma part; P1 chooses the direction given it).
+    sets zhat's normalisation, hence the direction's gamma part; P1 chooses the direction given it),
+    all calibrated in one pass over S (models.candidate_blocks).
+    `model`: a resx MLP or ResNet, or a torchvision ResNet seen through tv_resnet.ResNetBlocks.
     """
     positions = check_positions(model, positions)
     candidates = dict(candidates or {})
-    for k in positions:
-        if k not in candidates:
-            candidates[k] = candidate_block(model, k, S.x, seed)
+    missing = [k for k in positions if k not in candidates]
+    if missing:
+        candidates.update(candidate_blocks(model, missing, S.x, seed))
     on_P = block_gradients(model, P.x, P.y, positions, candidates, batch_size)
     on_S = block_gradients(model, S.x, S.y, positions, candidates, batch_size)
     on_pop = (population_margins(model, population, positions, candidates, delta, batch_size)
@@ -515,7 +520,7 @@ def descent_tests(model: nn.Module, P, positions, candidates: dict[int, nn.Modul
     on P1 (resnet: exact per channel, kink.steepest_direction; mlp: -G_P1/||G_P1||), then the
     per-sample one-sided derivatives D_i(d_hat) on P2, one pass over each half."""
     P1, P2 = split_halves(P, seed)
-    resnet = isinstance(candidates[positions[0]], BasicBlock)
+    resnet = not isinstance(candidates[positions[0]], PostLNBlock)   # a conv block: ReLU(h + branch) has a kink
     acc = {k: KinkSample() if resnet else [0.0, 0] for k in positions}
     for chunk in _io_chunks(model, P1.x, P1.y, positions, candidates, batch_size):
         for k, (h, g, block) in chunk.items():
@@ -527,9 +532,11 @@ def descent_tests(model: nn.Module, P, positions, candidates: dict[int, nn.Modul
                 acc[k][1] += q.n
     directions, slope_in = {}, {}
     for k in positions:
-        if resnet:
+        if resnet:   # kink.steepest_direction names the pair bn2.*; the block's last BN may be bn3
             best = steepest_direction(acc[k])
-            directions[k], slope_in[k] = best.direction, best.rate
+            names = live_parameters_of(candidates[k])
+            directions[k] = None if best.direction is None else dict(zip(names, best.direction.values()))
+            slope_in[k] = best.rate
         else:
             G = acc[k][0] / acc[k][1]
             norm = G.norm().item()
@@ -540,7 +547,7 @@ def descent_tests(model: nn.Module, P, positions, candidates: dict[int, nn.Modul
         for chunk in _io_chunks(model, P2.x, P2.y, list(terms), candidates, batch_size):
             for k, (h, g, block) in chunk.items():
                 d = directions[k]
-                terms[k].append(one_sided_terms(h, g, normalised_branch(block, h), d["bn2.weight"], d["bn2.bias"])
+                terms[k].append(one_sided_terms(h, g, normalised_branch(block, h), *d.values())
                                 if resnet else live_gradients(block, h, g).dots(d))
     out = {}
     for k in positions:
