@@ -9,8 +9,9 @@ from .core.config import PRESETS, ConfigError, RunConfig
 from .core.data import DataError, load_data
 from .core.models import PreservationReport, build_model, insert_block
 from .core.records import Record
+from .diagnose import diagnose, expand
 from .runs.pipeline import run_pipeline
 
 __all__ = ["PRESETS", "ConfigError", "DataError", "RunConfig", "PreservationReport", "Record", "build_model",
-           "insert_block", "load_data", "run_pipeline"]
+           "diagnose", "expand", "insert_block", "load_data", "run_pipeline"]
 __version__ = "0.1.0"

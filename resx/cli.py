@@ -64,8 +64,15 @@ def cmd_run(args) -> int:
     from .runs.pipeline import run_pipeline
     from .runs.store import RecordWriter, Store
 
-    cfg = build_config(args.preset, args.config, args.set or [])
+    assignments = list(args.set or [])
     store = None if args.no_store else Store()
+    if args.init_weights:   # kept as <sha256>.pt: the configuration names the weights by their hash
+        from .core.weights import read_state_dict, save_weights
+        path = Path(args.init_weights)
+        read_state_dict(path, f"--init-weights {path}")   # the size cap before the bytes are read
+        folder = (store.home if store else Path("resx-runs")) / "weights"
+        assignments.append(f"init_weights={save_weights(path.read_bytes(), folder).resolve()}")
+    cfg = build_config(args.preset, args.config, assignments)
     run_id = store.create_run(cfg.to_dict(), source="cli") if store else time.strftime("%Y%m%d-%H%M%S")
     out = Path(args.out) if args.out else (store.home / "runs" / run_id if store else Path("resx-runs") / run_id)
     writer = RecordWriter(store, run_id) if store else None
@@ -213,6 +220,9 @@ def make_parser() -> argparse.ArgumentParser:
     run.add_argument("--preset", help=f"one of {sorted(PRESETS)} (default {DEFAULT_PRESET})")
     run.add_argument("--config", help="a JSON file of RunConfig fields")
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one field; repeatable")
+    run.add_argument("--init-weights", metavar="FILE", help="a state dict (torch.save(model.state_dict())) the old "
+                     "model starts from, checked against --set arch=...; base training then runs `epochs` "
+                     "more (--set epochs=0: none)")
     run.add_argument("--out", help="output folder (default $RESX_HOME/runs/<run id>)")
     run.add_argument("--no-store", action="store_true", help="do not record the run in the store")
     run.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")

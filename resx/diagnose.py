@@ -58,8 +58,9 @@ def as_blocks(model: nn.Module) -> nn.Module:
 
 
 def _samples(view: nn.Module, x_train, y_train, x_probe, y_probe) -> tuple[Split, Split]:
-    """S and P on the model's device, checked: x (n, ...) float, y (n,) integer labels in [0, K)."""
-    device = next(view.parameters()).device
+    """S and P on the model's device and in its dtype, checked: x (n, ...), y (n,) labels in [0, K)."""
+    first = next(view.parameters())
+    device, dtype = first.device, first.dtype
     K = view.head.out_features
     out = []
     for name, x, y, least in (("train", x_train, y_train, 2), ("probe", x_probe, y_probe, 4)):
@@ -69,7 +70,7 @@ def _samples(view: nn.Module, x_train, y_train, x_probe, y_probe) -> tuple[Split
                              f"labels y (n,) with the same n >= {least}")
         if y.dtype.is_floating_point or y.min() < 0 or y.max() >= K:
             raise ValueError(f"y_{name}: expected integer labels in [0, {K}) (the model's head has {K} outputs)")
-        out.append(Split(x.to(device, torch.float32), y.to(device, torch.int64)))
+        out.append(Split(x.to(device, dtype), y.to(device, torch.int64)))
     return out[0], out[1]
 
 
@@ -112,7 +113,8 @@ def diagnose(model: nn.Module, x_train, y_train, x_probe, y_probe, positions=Non
     "preserved": preservation <= 1e-4, "positions": [one dict per position: position, stage, where,
     channels, descent_observable (UCB < 0), slope_in, slope_cross (D_P2(d_hat)), slope_cross_se,
     slope_cross_ucb, probe_needed, gradient_nonzero (U_P's lower bound > 0), kappa2_U (+ _se,
-    _lcb), kappa2_cross (+ _se, _lcb), kappa2_naive_P, kappa2_train_U, kappa2_train_naive],
+    _lcb), kappa2_cross (+ _se, _lcb), kappa2_naive_P, kappa2_train_U, kappa2_train_naive, direction
+    (d_hat {the new block's last-BN weight, bias: (C,) each}, or None)],
     "best": the Bonferroni-corrected pick (position, ucb at delta / K, observable), sizes, delta,
     seconds}.
     """
@@ -130,6 +132,7 @@ def diagnose(model: nn.Module, x_train, y_train, x_probe, y_probe, positions=Non
                "channels": int(next(iter(m.G_P.values())).shape[0]) if m.G_P else None}
         d = m.to_dict()
         d["gradient_nonzero"] = d.pop("observed")
+        d["direction"] = m.descent.direction   # d_hat on P1 {live name: (C,)}, unit norm; None: none descends
         rows.append(row | d)
     best = best_of_positions({m.position: m.descent for m in margins}, delta)
     return {"preservation": preserved, "preserved": preserved <= PRESERVATION_TOL, "positions": rows, "best": best,

@@ -21,6 +21,9 @@ NUM_CLASSES = {"teacher": 10, "shapes": 10, "cifar10": 10, "cifar100": 100, "mni
                "digits": 10}
 IMAGE_DATASETS = ("shapes",) + TORCHVISION_DATASETS + BUNDLED_DATASETS
 
+ARCHS = ("mlp", "resnet", "resnet18", "resnet34")   # the last two: torchvision's, adapted to small images
+TORCHVISION_BLOCKS = {"resnet18": 8, "resnet34": 16}   # their residual blocks (2-2-2-2, 3-4-6-3)
+
 # Operator caps (design.md "What bad input gets"); a shared server may lower them, never raise.
 MAX_DEPTH = 64
 MAX_WIDTH = 4096
@@ -57,7 +60,9 @@ class RunConfig:
     n_pop: int = 131072               # fresh sample for the population risk L (synthetic only), 2^17
     augment: bool = False             # random crop + flip per batch (image datasets only)
     # model (theory.md 2)
-    arch: str = "mlp"                 # "mlp" | "resnet"
+    arch: str = "mlp"                 # "mlp" | "resnet" | "resnet18" | "resnet34" (torchvision's; depth, width unused)
+    init_weights: str = ""            # a state dict file the old model starts from (its sha256 is in the run's
+                                      # content address); base training then runs `epochs` more (0: none)
     depth: int = 4                    # residual blocks (resnet: blocks per stage, 6*depth+2 layers)
     width: int = 64                   # mlp hidden width; resnet base channels w (stages w, 2w, 4w)
     position: int = 2                 # insert after block `position` (0 = right after the stem)
@@ -83,8 +88,10 @@ class RunConfig:
         _check_choice("dataset", self.dataset, DATASETS)
         if self.dataset == "npz" and not self.npz_path:
             raise ConfigError("npz_path", self.npz_path, "a path to an .npz file when dataset='npz'")
-        _check_choice("arch", self.arch, ("mlp", "resnet"))
-        if self.arch == "resnet" and self.dataset == "teacher":
+        _check_choice("arch", self.arch, ARCHS)
+        if not isinstance(self.init_weights, str):
+            raise ConfigError("init_weights", self.init_weights, "a path to a state dict file, or empty")
+        if self.arch != "mlp" and self.dataset == "teacher":
             raise ConfigError("arch", self.arch, "'mlp' for the teacher task (vector inputs)")
         _check_int("input_dim", self.input_dim, 1, 4096)
         _check_float("teacher_temperature", self.teacher_temperature, 1e-3, 1e3)
@@ -102,7 +109,8 @@ class RunConfig:
         _check_float("weight_decay", self.weight_decay, 0.0, 1.0)
         _check_choice("schedule", self.schedule, ("constant", "cosine"))
         _check_int("batch_size", self.batch_size, 1, 65536)
-        _check_int("epochs", self.epochs, 1, 10_000)
+        _check_int("epochs", self.epochs, 0 if self.init_weights else 1, 10_000,
+                   None if self.init_weights else "an integer from 1 to 10000 (0 only with init_weights)")
         _check_int("finetune_epochs", self.finetune_epochs, 0, 10_000)
         _check_choice("finetune", self.finetune, ("block", "all"))
         _check_float("delta", self.delta, 1e-6, 0.5)
@@ -113,7 +121,9 @@ class RunConfig:
 
     @property
     def num_blocks(self) -> int:
-        """Residual blocks in the old model (resnet: 3 stages of `depth`)."""
+        """Residual blocks in the old model (resnet: 3 stages of `depth`; torchvision's: fixed)."""
+        if self.arch in TORCHVISION_BLOCKS:
+            return TORCHVISION_BLOCKS[self.arch]
         return self.depth if self.arch == "mlp" else 3 * self.depth
 
     @property

@@ -22,6 +22,8 @@ import torchvision.models as tvm
 from torchvision.models.resnet import BasicBlock as TVBasicBlock
 from torchvision.models.resnet import Bottleneck as TVBottleneck
 
+__all__ = ["ResNetBlocks", "StageBlocks", "TVBasicBlock", "TVBottleneck", "last_norm", "small_resnet",
+           "torchvision_small"]
 TORCHVISION_ARCHS = {"resnet18": tvm.resnet18, "resnet34": tvm.resnet34}
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 

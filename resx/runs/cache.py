@@ -39,9 +39,16 @@ def run_key(config: dict, version: str | None = None) -> str:
 
     Keys are sorted and floats written by repr, so equal configurations give equal keys whatever
     the order their fields came in; an uploaded array's path is content-addressed already
-    (resx.core.data.save_upload names the file by its sha256).
+    (resx.core.data.save_upload names the file by its sha256). Initial weights (`init_weights`)
+    enter by the sha256 of the file's bytes, whatever its path (a missing file: by its path).
     """
     config = dict(config)
+    if config.get("init_weights"):
+        from ..core.weights import file_sha256
+        try:
+            config["init_weights_sha256"] = file_sha256(config["init_weights"])
+        except OSError:
+            config["init_weights_sha256"] = None
     if config.get("device") == "auto":
         from ..core.train import resolve_device
         config["device"] = str(resolve_device("auto"))

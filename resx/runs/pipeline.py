@@ -19,6 +19,7 @@ from ..core.config import RunConfig
 from ..core.data import Split, load_data
 from ..core.models import build_model, insert_block, new_block_parameter_names
 from ..core.records import Record, RecordSink, discard
+from ..core.weights import load_init_weights
 from ..core.train import Evaluator, LossMemo, draw_population, per_sample_losses, resolve_device, risk, train
 from ..theory.bounds import complexity, loss_bound, make_terms, tighter_route
 from ..theory.jumpboard import jump_margins, jumpboard_path
@@ -70,7 +71,10 @@ def run_pipeline(cfg: RunConfig, sink: RecordSink = discard, cancel: Optional[th
                     "bayes_risk_se": data.bayes_risk[1] if data.bayes_risk else None}
     lap("load_data")
 
-    old = build_model(cfg, data.input_shape, data.num_classes).to(device)
+    old = build_model(cfg, data.input_shape, data.num_classes)
+    if cfg.init_weights:   # the user's own network: checked key by key, read without unpickling
+        load_init_weights(old, cfg.init_weights, cfg.arch)
+    old = old.to(device)
     every = max(1, cfg.epochs // MARGIN_SNAPSHOTS)
 
     S_head = Split(data.S.x[:SNAPSHOT_S], data.S.y[:SNAPSHOT_S])

@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 
 from ..core.models import MLP, ResNet
+from ..core.tv_resnet import ResNetBlocks
 from .norms import describe, frobenius
 
 L_CE = math.sqrt(2.0)                   # ||grad_z l(z, y)|| = ||softmax(z) - e_y|| <= sqrt(2)
@@ -520,7 +521,7 @@ def tighter_route(a: Route, b: Route) -> tuple[str, str]:
 def _arch_of(model: nn.Module) -> str:
     if isinstance(model, MLP):
         return "mlp"
-    if isinstance(model, ResNet):
+    if isinstance(model, (ResNet, ResNetBlocks)):
         return "resnet"
     raise TypeError(f"unknown architecture {type(model).__name__}")
 

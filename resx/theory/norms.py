@@ -16,7 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..core.models import LN_EPS, MLP, BasicBlock, PostLNBlock, ResNet
+from ..core.models import LN_EPS, MLP, BasicBlock, PostLNBlock, ResNet, block_prefix
+from ..core.tv_resnet import ResNetBlocks, TVBasicBlock
 
 
 @dataclass
@@ -68,7 +69,7 @@ def describe(model: nn.Module, x_S: torch.Tensor, reference: Optional[nn.Module]
     try:
         if isinstance(model, MLP):
             return _describe_mlp(model, x_S, reference, batch_size)
-        if isinstance(model, ResNet):
+        if isinstance(model, (ResNet, ResNetBlocks)):
             return _describe_resnet(model, x_S, reference, batch_size)
         raise TypeError(f"no bound for a {type(model).__name__}; expected MLP or ResNet")
     finally:
@@ -132,9 +133,21 @@ def _describe_mlp(model: MLP, x_S, ref, batch_size) -> Net:
                 math.sqrt(sq["stem"] / n + 1.0))
 
 
+def _shortcut(model: nn.Module, blk: nn.Module, name: str) -> tuple[nn.Module, str]:
+    """(the block's shortcut, its layer name): resx's `shortcut`, torchvision's `downsample` (None: identity)."""
+    if isinstance(model, ResNetBlocks):
+        return (blk.downsample or nn.Identity()), f"{name}.downsample"
+    return blk.shortcut, f"{name}.shortcut"
+
+
 @torch.no_grad()
-def _describe_resnet(model: ResNet, x_S, ref, batch_size) -> Net:
-    conv, bn = model.stem[0], model.stem[1]
+def _describe_resnet(model: nn.Module, x_S, ref, batch_size) -> Net:
+    """resx's ResNet, or torchvision's BasicBlock ResNet adapted to small images (ResNetBlocks:
+    conv1 + bn1 + ReLU as the stem, no max-pool; the same stages, `downsample` as the shortcut)."""
+    if isinstance(model, ResNetBlocks) and not isinstance(model.maxpool, nn.Identity):
+        raise TypeError("no bound for a torchvision ResNet with a max-pool stem; the small-image adaptation "
+                        "(arch=resnet18|resnet34) has none")
+    conv, bn = _conv_bn_modules(model, "stem")
     sq: dict[str, float] = {}
     hw: dict[str, tuple] = {}
     B_x = B_h = 0.0
@@ -143,20 +156,21 @@ def _describe_resnet(model: ResNet, x_S, ref, batch_size) -> Net:
         B_x = max(B_x, x.double().flatten(1).norm(dim=1).max().item())
         _acc(sq, "stem", x)
         hw.setdefault("stem", tuple(x.shape[-2:]))
-        h = model.stem(x)                                                   # (b, w, H, W)
+        h = model.embed(x)                                                  # (b, w, H, W)
         for l, blk in enumerate(model.blocks):
-            if not isinstance(blk, BasicBlock):
+            if not isinstance(blk, (BasicBlock, TVBasicBlock)):
                 raise TypeError(f"resnet blocks must be BasicBlock, got {type(blk).__name__}")
-            name = f"blocks.{l}"
+            name = block_prefix(model, l)
+            shortcut, sc_name = _shortcut(model, blk, name)
             _acc(sq, f"{name}.conv1", h)
             hw.setdefault(f"{name}.conv1", tuple(h.shape[-2:]))
             a = F.relu(blk.bn1(blk.conv1(h)))
             _acc(sq, f"{name}.conv2", a)
             hw.setdefault(f"{name}.conv2", tuple(a.shape[-2:]))
-            if not isinstance(blk.shortcut, nn.Identity):
-                _acc(sq, f"{name}.shortcut", h)
-                hw.setdefault(f"{name}.shortcut", tuple(h.shape[-2:]))
-            h = F.relu(blk.shortcut(h) + blk.bn2(blk.conv2(a)))
+            if not isinstance(shortcut, nn.Identity):
+                _acc(sq, sc_name, h)
+                hw.setdefault(sc_name, tuple(h.shape[-2:]))
+            h = F.relu(shortcut(h) + blk.bn2(blk.conv2(a)))
         hw.setdefault("pool", tuple(h.shape[-2:]))
         phi = h.mean(dim=(2, 3))                                            # (b, 4w)
         _acc(sq, "head", phi)
@@ -174,15 +188,16 @@ def _describe_resnet(model: ResNet, x_S, ref, batch_size) -> Net:
                         (c.frob_unrolled,)))
     weights.append(WeightLayer("stem", 0, dist, c.spec, x_sq, 1.0, c.dims))
     for l, blk in enumerate(model.blocks):
-        name = f"blocks.{l}"
+        name = block_prefix(model, l)
+        shortcut, sc_name = _shortcut(model, blk, name)
         k = len(stages)
         c1, d1, x1 = conv_terms(f"{name}.conv1", blk.conv1, blk.bn1)
         c2, d2, x2 = conv_terms(f"{name}.conv2", blk.conv2, blk.bn2)
         grs_sc, lip_sc, sc_note, sc_budget = 1.0, 1.0, "identity shortcut", ()
-        if not isinstance(blk.shortcut, nn.Identity):
-            cs, ds, xs = conv_terms(f"{name}.shortcut", blk.shortcut[0], blk.shortcut[1])
+        if not isinstance(shortcut, nn.Identity):
+            cs, ds, xs = conv_terms(sc_name, shortcut[0], shortcut[1])
             grs_sc, lip_sc, sc_note, sc_budget = cs.spec_aug, cs.spec, "1x1 conv + BN shortcut", (cs.spec_aug,)
-            weights.append(WeightLayer(f"{name}.shortcut", k, ds, cs.spec, xs, 1.0, cs.dims))
+            weights.append(WeightLayer(sc_name, k, ds, cs.spec, xs, 1.0, cs.dims))
         stages.append(Stage(name, grs_sc + c2.spec_aug * c1.frob_unrolled, lip_sc + c1.spec * c2.spec, 2,
                              f"ReLU(shortcut(h) + BN2 conv2 ReLU(BN1 conv1 h)); {sc_note}",
                              sc_budget + (c2.spec_aug, c1.frob_unrolled)))
@@ -191,7 +206,7 @@ def _describe_resnet(model: ResNet, x_S, ref, batch_size) -> Net:
     H, W = hw["pool"]
     stages.append(Stage("pool", 1.0 / math.sqrt(H * W), 1.0 / math.sqrt(H * W), 0,
                          f"global average pool over {H}x{W}: operator norm 1/sqrt(HW)"))
-    head_ref = _affine(_sub(ref, "head"))
+    head_ref = _affine(_sub(ref, "fc" if isinstance(model, ResNetBlocks) else "head"))
     Hx, Wx = hw["stem"]
     return Net(stages, weights, model.head.weight.detach().double(), model.head.bias.detach().double(),
                 head_ref if head_ref is not None else torch.zeros(model.head.out_features, model.head.in_features + 1,
@@ -202,10 +217,11 @@ def _describe_resnet(model: ResNet, x_S, ref, batch_size) -> Net:
 
 
 def _conv_bn_modules(model: nn.Module, name: str) -> tuple[nn.Conv2d, nn.BatchNorm2d]:
-    """The (conv, BN) pair a layer name refers to: "stem", "blocks.l.conv1|conv2|shortcut"."""
+    """The (conv, BN) pair a layer name refers to: "stem", "blocks.l.conv1|conv2|shortcut"
+    (torchvision: "layerS.j.conv1|conv2|downsample")."""
     if name == "stem":
-        return model.stem[0], model.stem[1]
-    if name.endswith("shortcut"):
+        return (model.conv1, model.bn1) if isinstance(model, ResNetBlocks) else (model.stem[0], model.stem[1])
+    if name.endswith("shortcut") or name.endswith("downsample"):
         sc = model.get_submodule(name)
         return sc[0], sc[1]
     return model.get_submodule(name), model.get_submodule(name[:-5] + "bn" + name[-1])
