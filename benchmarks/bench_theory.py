@@ -72,3 +72,52 @@ def bench_per_sample_stats(sizes: Sizes, reps: int, position: int = 5) -> tuple[
         "closed_form_s": spread(times["closed_form"]), "autograd_loop_s": spread(times["autograd_loop"]),
         "speedup": ratio(times["autograd_loop"], times["closed_form"]),
         "relative_difference_of_U": abs(a - b) / (abs(b) + 1e-12)}
+
+
+# ---------------------------------------------------------------------------------------------
+# own_network: resx.diagnose on torchvision's resnet18 (issue 26)
+
+def own_network_problem(n_train: int, n_probe: int, size: int = 32, seed: int = 0):
+    """torchvision.models.resnet18(num_classes=10), freshly built (seeded), random inputs at size x size."""
+    import torchvision
+
+    torch.manual_seed(seed)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    g = torch.Generator().manual_seed(seed + 1)
+    x, y = torch.randn(n_train, 3, size, size, generator=g), torch.randint(0, 10, (n_train,), generator=g)
+    xp, yp = torch.randn(n_probe, 3, size, size, generator=g), torch.randint(0, 10, (n_probe,), generator=g)
+    return model, x, y, xp, yp
+
+
+def bench_own_network(sizes: Sizes, reps: int) -> tuple[float, dict]:
+    """resx.diagnose at all 9 positions of resnet18 in one pass against one insertion at a time
+    (diagnose_one_at_a_time: each expanded model's own passes). One warm-up of each arm on 8 points
+    (kernel selection, allocations), then min(reps, 2) interleaved rounds on the full problem:
+    the baseline takes about a minute a round on one core."""
+    import time
+
+    from resx.diagnose import diagnose, diagnose_one_at_a_time
+
+    model, x, y, xp, yp = own_network_problem(sizes.own_train, sizes.own_probe)
+    arms = {"one_pass": diagnose, "one_at_a_time": diagnose_one_at_a_time}
+    for arm in arms.values():
+        arm(model, x[:8], y[:8], xp[:8], yp[:8])
+    times = {name: [] for name in arms}
+    first = {}
+    rounds = min(reps, 2)
+    for r in range(rounds):
+        for name in (list(arms) if r % 2 == 0 else list(arms)[::-1]):
+            start = time.perf_counter()
+            out = arms[name](model, x, y, xp, yp)
+            times[name].append(time.perf_counter() - start)
+            first.setdefault(name, out)
+    worst = max(abs(a["slope_cross"] - b["slope_cross"]) / (abs(b["slope_cross"]) + 1e-12)
+                for a, b in zip(first["one_pass"]["positions"], first["one_at_a_time"]["positions"]))
+    return ratio(times["one_at_a_time"], times["one_pass"])["median"], {
+        "what": (f"resx.diagnose on torchvision resnet18 (num_classes=10, fresh), 3x{x.shape[-1]}x{x.shape[-1]} "
+                 f"random inputs, {len(x)} train and {len(xp)} probe points, "
+                 f"{len(first['one_pass']['positions'])} positions, {rounds} round(s)"),
+        "one_pass_s": spread(times["one_pass"]), "one_at_a_time_s": spread(times["one_at_a_time"]),
+        "speedup": ratio(times["one_at_a_time"], times["one_pass"]),
+        "preservation": first["one_pass"]["preservation"],
+        "max_relative_difference_of_slope_cross": worst}

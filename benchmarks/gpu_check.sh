@@ -12,7 +12,13 @@
 #     by construction up to float32 rounding);
 #   - CUDA (CLI) vs CPU (CLI): |L_S|, |L_T| of f_old, f_new and control differ by <= 0.05 nats,
 #     and the chosen insertion position's descent margin U_P agrees in sign or is below 2 se;
-#   - CUDA via a job vs CUDA via the CLI: the same losses within 1e-3 (same device, same seed).
+#   - CUDA via a job vs CUDA via the CLI: the same losses within 1e-3 (same device, same seed);
+#   - resx.diagnose on torchvision's resnet18 (issue 26; 3x32x32 random inputs, 512 train and probe
+#     points, 64 in the dry run), the same inputs on each device: preservation <= 1e-4 on both; every
+#     position's one-sided slope D_P2(d_hat) within 0.1 of its standard error (convolutions round
+#     differently, TF32 included, and d_hat is an exact minimiser of the rounded statistics, so the
+#     slopes agree to a small fraction of their sampling error, not bit for bit); the same
+#     Bonferroni pick, or picks whose corrected UCBs are within 0.1 se.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export RESX_HOME="$(mktemp -d)"
@@ -103,6 +109,25 @@ def margin(r):
 (u0, se0), (u1, se1) = margin(runs["cli_cpu"]), margin(runs["cli_cuda"])
 check((u0 > 0) == (u1 > 0) or abs(u0 - u1) <= 2 * max(se0, se1),
       f"descent margin U_P at position {pos}: CPU {u0:.3g} (se {se0:.2g}) vs CUDA {u1:.3g} (se {se1:.2g})")
+from benchmarks.bench_theory import own_network_problem
+from resx.diagnose import diagnose
+N = 512 if GPU == "cuda" else 64
+model, x, y, xp, yp = own_network_problem(N, N)
+found = {}
+for device in ("cpu", GPU):
+    t0 = time.monotonic()
+    found[device] = diagnose(model.to(device), x, y, xp, yp)
+    print(f"diagnose {device:4s} {time.monotonic() - t0:6.1f} s wall (resnet18, 32x32, {N} train and probe points)")
+cpu, gpu = found["cpu"], found[GPU]
+for device, r in (("cpu", cpu), (GPU + " ", gpu)):
+    check(r["preservation"] <= 1e-4, f"diagnose on {device}: preservation {r['preservation']:.2e} <= 1e-4")
+worst = max([abs(a["slope_cross"] - b["slope_cross"]) / a["slope_cross_se"]
+             for a, b in zip(cpu["positions"], gpu["positions"]) if a["slope_cross_se"] == a["slope_cross_se"]] or [0.0])
+check(worst <= 0.1, f"diagnose: every position's slope_cross CPU vs {GPU} within {worst:.3g} se <= 0.1 se")
+pa, pb = cpu["best"], gpu["best"]
+se_best = next(r["slope_cross_se"] for r in cpu["positions"] if r["position"] == pa["position"])
+check(pa["position"] == pb["position"] or abs(pa["ucb"] - pb["ucb"]) <= 0.1 * se_best,
+      f"diagnose: Bonferroni pick CPU {pa['position']} vs {GPU} {pb['position']}")
 print("FAILED:" if failures else "all checks passed", *failures, sep="\n  ")
 sys.exit(1 if failures else 0)
 PY

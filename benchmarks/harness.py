@@ -29,6 +29,8 @@ class Sizes:
     loader_workers: tuple[int, ...] = (0, 2)
     margins_n: int = 2000               # all_positions: mlp depth 9, width 64, 10 positions
     stats_n: int = 500                  # per_sample_stats: samples looped over by autograd
+    own_train: int = 512                # own_network: resnet18's train points (BN calibration, preservation)
+    own_probe: int = 512                # own_network: probe points (the issue's size)
     history_steps: int = 10_000         # panel_render: base steps in the history
     apptest: bool = True                # panel_render: also a full AppTest run of the Lab page
     server_run: tuple = ()              # server_memory: form values typed over demo-mlp's
@@ -37,7 +39,7 @@ class Sizes:
 
 FULL = Sizes()
 QUICK = Sizes(train_epochs=3, resnet_epochs=0, cifar_per_file=400, loader_workers=(0,), margins_n=512,
-              stats_n=200, apptest=False, memory_baseline=False)
+              stats_n=200, apptest=False, memory_baseline=False, own_train=64, own_probe=64)
 
 
 # ---------------------------------------------------------------------------------------------

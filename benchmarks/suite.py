@@ -15,6 +15,8 @@ Every report states the machine, the versions, the threads and the load (style.m
                           DataLoader with PIL transforms on CIFAR-10 files: speed-up  >= 5
   all_positions.ratio     margins at 10 positions in one pass against one at a time   >= 3
   per_sample_stats.ratio  closed-form per-sample statistics against an autograd loop  >= 20
+  own_network.ratio       resx.diagnose on torchvision resnet18 (32x32, 512 probe
+                          points): all 9 positions in one pass / one at a time       >= 3
   panel_render.ms         the Lab's live panels over a 10,000-step history, to JSON   <= 150
   server_memory.mb        peak RSS (MiB) of `streamlit run app.py` running demo-mlp   <= 1024
 
@@ -41,7 +43,7 @@ import torch
 from resx.core.config import ConfigError
 
 from .bench_app import bench_panel_render, bench_server_memory
-from .bench_theory import bench_all_positions, bench_per_sample_stats
+from .bench_theory import bench_all_positions, bench_own_network, bench_per_sample_stats
 from .bench_train import bench_data_pipeline, bench_trainer_overhead
 from .harness import FULL, QUICK, Sizes, format_figure, machine_info, pin_allocator
 
@@ -61,6 +63,7 @@ BENCHMARKS = {b.name: b for b in (
     Benchmark("data_pipeline.ratio", "x (speed-up)", ">= 5", bench_data_pipeline),
     Benchmark("all_positions.ratio", "x (speed-up)", ">= 3", bench_all_positions),
     Benchmark("per_sample_stats.ratio", "x (speed-up)", ">= 20", bench_per_sample_stats),
+    Benchmark("own_network.ratio", "x (speed-up)", ">= 3", bench_own_network),
     Benchmark("panel_render.ms", "ms", "<= 150", bench_panel_render),
     Benchmark("server_memory.mb", "MiB", "<= 1024", bench_server_memory),
 )}

@@ -78,4 +78,5 @@ def test_the_gpu_check_runs_end_to_end_on_the_cpu():
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     assert lines[-1] == "all checks passed"
-    assert sum(line.startswith("ok   ") for line in lines) == 3 + 12 + 1  # preservation x3, losses x12, margin
+    # preservation x3, losses x12, margin; diagnose: preservation x2, slopes, pick
+    assert sum(line.startswith("ok   ") for line in lines) == 3 + 12 + 1 + 4
