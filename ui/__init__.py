@@ -5,7 +5,7 @@ run_panels, route_panels, task_panels, teacher (links: hide=, lock=, class=), le
 text holds the on-screen number format and Theory links.
 Imports point one way: pages -> ui -> resx.
 """
-from .form import config_form, config_from_url, config_to_url, ints, upload_panel
+from .form import config_form, config_from_url, config_to_url, ints, upload_panel, weights_panel
 from .route_panels import certificates_panel, headline_panel, routes_panel
 from .run_panels import PHASE_LABELS, jumpboard_note, margin_panel, preservation_badge, status_banner
 from .state import MANAGERS, TASK_RUNNERS, caps, get_manager, get_tasks, operator_setting
@@ -17,4 +17,5 @@ from .text import fmt, plain, readable, sentence, theory_link
 __all__ = ["MANAGERS", "PHASE_LABELS", "TASK_RUNNERS", "caps", "certificates_panel", "config_form", "config_from_url",
            "config_to_url", "demo", "file_under_class", "fmt", "get_manager", "get_tasks", "headline_panel", "ints",
            "jumpboard_note", "margin_panel", "operator_setting", "plain", "preservation_badge", "readable",
-           "routes_panel", "sentence", "status_banner", "task_panel", "teacher", "theory_link", "upload_panel"]
+           "routes_panel", "sentence", "status_banner", "task_panel", "teacher", "theory_link", "upload_panel",
+           "weights_panel"]

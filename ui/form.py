@@ -1,4 +1,5 @@
-"""The Lab's configuration form, bound to the URL (`?preset=...&depth=...`), and the .npz upload."""
+"""The Lab's configuration form, bound to the URL (`?preset=...&depth=...`), the .npz upload and the
+weights upload (a state dict for arch=resnet18|resnet34|..., read without unpickling)."""
 from __future__ import annotations
 
 import dataclasses
@@ -16,10 +17,13 @@ FIELDS = {f.name: f.type for f in dataclasses.fields(RunConfig)}
 # What the Lab form shows, in order; the rest keep the preset's value (and the URL's).
 FORM_FIELDS = ("dataset", "arch", "depth", "width", "position", "n", "n_probe", "n_test", "optimizer", "lr",
                "weight_decay", "batch_size", "epochs", "finetune_epochs", "finetune", "bound", "delta", "m_cert", "seed")
-CHOICES = {"dataset": ("teacher", "shapes", "cifar10", "cifar100", "mnist", "fashion-mnist"),
-           "arch": ("mlp", "resnet"), "optimizer": ("sgd", "adamw"), "finetune": ("block", "all"),
+CHOICES = {"dataset": ("teacher", "shapes", "digits", "cifar10", "cifar100", "mnist", "fashion-mnist"),
+           "arch": ("mlp", "resnet", "resnet18", "resnet34"), "optimizer": ("sgd", "adamw"), "finetune": ("block", "all"),
            "bound": ("grs", "bft"), "schedule": ("constant", "cosine")}
 HELP = {"position": "insert the new block after this block (0 = right after the stem)",
+        "dataset": "digits: 1797 handwritten 8x8 digits bundled with scikit-learn (no download; CC BY 4.0)",
+        "arch": "resnet18 / resnet34: torchvision's, with a 3x3 stride-1 first conv and no max-pool for small "
+                "images (depth and width do not apply)",
         "depth": "residual blocks (resnet: blocks per stage, 6*depth+2 layers)",
         "n": "training sample S", "n_probe": "probe sample P: chooses the jumpboard direction and step",
         "n_test": "test sample T", "finetune": "block: train only the new block; all: every parameter",
@@ -45,7 +49,7 @@ def config_from_url() -> RunConfig:
     preset = params.get("preset", DEFAULT_PRESET)
     base = PRESETS.get(preset, PRESETS[DEFAULT_PRESET]).to_dict()
     for key in FIELDS:
-        if key in params and key != "npz_path":
+        if key in params and key not in ("npz_path", "init_weights"):   # server paths never come from a link
             raw = params[key]
             try:
                 base[key] = {"int": int, "float": float, "bool": lambda v: v == "true", "str": str}[FIELDS[key]](raw)
@@ -94,7 +98,33 @@ def upload_panel() -> str | None:
     return None
 
 
-def config_form(current: RunConfig, npz_path: str | None = None) -> tuple[RunConfig | None, str, bool]:
+def weights_panel() -> str | None:
+    """An optional state dict upload (torch.save(model.state_dict())), read with weights_only=True
+    (nothing but tensors is unpickled), size-capped, kept as RESX_HOME/weights/<sha256>.pt; its path
+    or None. It is checked against the architecture when the run starts (one line naming the key)."""
+    from resx.core.weights import MAX_WEIGHTS_BYTES, save_weights
+
+    with st.expander("Your own weights (.pt state dict)"):
+        st.caption(f"A state dict saved with torch.save(model.state_dict(), path) for the architecture chosen "
+                   f"below (resnet18 / resnet34 adapted to small images: conv1 3x3 stride 1, no max-pool). "
+                   f"Read without unpickling; at most {MAX_WEIGHTS_BYTES // 2**20} MiB. The old model starts "
+                   f"from it; base training then runs `epochs` more.")
+        upload = st.file_uploader("Upload weights", type=["pt", "pth"], key="weights_upload")
+        if upload is not None:
+            try:
+                path = save_weights(upload.getvalue(), get_manager().store.home / "weights")
+            except DataError as e:
+                st.error(f"The weights were not used: {e}")
+                return None
+            st.session_state["init_weights"] = str(path)
+        path = st.session_state.get("init_weights")
+        if path and st.checkbox("Start from the uploaded weights", value=True, key="use_weights"):
+            return path
+    return None
+
+
+def config_form(current: RunConfig, npz_path: str | None = None,
+                weights_path: str | None = None) -> tuple[RunConfig | None, str, bool]:
     """Preset and field widgets; returns (config or None when invalid, preset name, Run pressed)."""
     preset = st.query_params.get("preset", DEFAULT_PRESET)
     names = list(PRESETS)
@@ -128,6 +158,12 @@ def config_form(current: RunConfig, npz_path: str | None = None) -> tuple[RunCon
         submitted = st.form_submit_button("Run", type="primary")
     if npz_path:
         values["dataset"], values["npz_path"] = "npz", npz_path
+    if weights_path:
+        values["init_weights"] = weights_path
+    if values["dataset"] == "digits":
+        from resx.core.data import DIGITS_CREDIT
+        st.caption(f"Data: {DIGITS_CREDIT}. S, P and T are disjoint parts of the 1797 images; "
+                   f"n + n_probe + n_test must not exceed 1797, and T stands in for the population.")
     try:
         cfg = caps().check(RunConfig.from_dict(values))
     except (ConfigError, DataError) as e:

@@ -25,7 +25,7 @@ shown = ui.config_from_url()
 linked = st.query_params.get("run")
 if linked and set(st.query_params) <= {"run", "preset"} and (snap := manager.snapshot(linked)):
     shown = RunConfig.from_dict(snap.config)  # a shared ?run= link shows that run's configuration
-cfg, preset, run_pressed = ui.config_form(shown, npz_path=ui.upload_panel())
+cfg, preset, run_pressed = ui.config_form(shown, npz_path=ui.upload_panel(), weights_path=ui.weights_panel())
 again = st.session_state.pop("run_again", None)  # the "Run again" button of a run served from the cache
 if again is not None:
     cfg, preset, run_pressed = RunConfig.from_dict(again), st.query_params.get("preset", preset), True
