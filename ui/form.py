@@ -104,11 +104,13 @@ def weights_panel() -> str | None:
     or None. It is checked against the architecture when the run starts (one line naming the key)."""
     from resx.core.weights import MAX_WEIGHTS_BYTES, save_weights
 
+    cap_mb = min(MAX_WEIGHTS_BYTES // 2**20, int(st.get_option("server.maxUploadSize")))
     with st.expander("Your own weights (.pt state dict)"):
         st.caption(f"A state dict saved with torch.save(model.state_dict(), path) for the architecture chosen "
                    f"below (resnet18 / resnet34 adapted to small images: conv1 3x3 stride 1, no max-pool). "
-                   f"Read without unpickling; at most {MAX_WEIGHTS_BYTES // 2**20} MiB. The old model starts "
-                   f"from it; base training then runs `epochs` more.")
+                   f"Read without unpickling; at most {cap_mb} MB here (resnet18's is 45 MB; larger files: "
+                   f"`python -m resx run --init-weights`). The old model starts from it; base training then "
+                   f"runs `epochs` more (0: none).")
         upload = st.file_uploader("Upload weights", type=["pt", "pth"], key="weights_upload")
         if upload is not None:
             try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -37,15 +38,22 @@ def read_state_dict(source, where: str = "the weights file", max_bytes: int = MA
     try:
         state = torch.load(stream, map_location="cpu", weights_only=True)
     except Exception as e:   # UnpicklingError for a forbidden global, RuntimeError / EOFError for junk
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"{where} could not be read as weights only ({type(e).__name__}: {first[:160]}); expected "
-                        f"a state dict saved with torch.save(model.state_dict(), path); nothing else is unpickled") from None
+        forbidden = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        why = (f"it asks to call or build {forbidden.group(1)}, which a state dict never needs" if forbidden else
+               f"{type(e).__name__}: {_first_line(e)}")   # torch's own advice (load unsafely) is not repeated
+        raise DataError(f"{where} could not be read as weights only ({why}); expected a state dict saved with "
+                        f"torch.save(model.state_dict(), path); nothing else is unpickled") from None
     if isinstance(state, dict) and set(state) == {"state_dict"} and isinstance(state["state_dict"], dict):
         state = state["state_dict"]   # a common checkpoint wrapper
     if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise DataError(f"{where} holds a {type(state).__name__}, not a state dict; expected "
                         f"{{parameter name: tensor}} from model.state_dict()")
     return state
+
+
+def _first_line(e: Exception) -> str:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
+    return text.splitlines()[0][:160] if text else "unreadable"
 
 
 def check_state_dict(model: nn.Module, state: dict, arch: str, where: str = "the weights file"):
