@@ -96,7 +96,7 @@ def bench_own_network(sizes: Sizes, reps: int) -> tuple[float, dict]:
     the baseline takes about a minute a round on one core."""
     import time
 
-    from resx.diagnose import diagnose, diagnose_one_at_a_time
+    from resx.theory.diagnose import diagnose, diagnose_one_at_a_time
 
     model, x, y, xp, yp = own_network_problem(sizes.own_train, sizes.own_probe)
     arms = {"one_pass": diagnose, "one_at_a_time": diagnose_one_at_a_time}

@@ -110,7 +110,7 @@ def margin(r):
 check((u0 > 0) == (u1 > 0) or abs(u0 - u1) <= 2 * max(se0, se1),
       f"descent margin U_P at position {pos}: CPU {u0:.3g} (se {se0:.2g}) vs CUDA {u1:.3g} (se {se1:.2g})")
 from benchmarks.bench_theory import own_network_problem
-from resx.diagnose import diagnose
+from resx.theory.diagnose import diagnose
 N = 512 if GPU == "cuda" else 64
 model, x, y, xp, yp = own_network_problem(N, N)
 found = {}

@@ -9,7 +9,7 @@ from .core.config import PRESETS, ConfigError, RunConfig
 from .core.data import DataError, load_data
 from .core.models import PreservationReport, build_model, insert_block
 from .core.records import Record
-from .diagnose import diagnose, expand
+from .theory.diagnose import diagnose, expand
 from .runs.pipeline import run_pipeline
 
 __all__ = ["PRESETS", "ConfigError", "DataError", "RunConfig", "PreservationReport", "Record", "build_model",

@@ -17,7 +17,7 @@ from resx.core.config import RunConfig
 from resx.core.data import DataError, Split, load_data
 from resx.core.models import build_model, candidate_blocks, insert_block
 from resx.core.weights import check_state_dict, read_state_dict
-from resx.diagnose import as_blocks, diagnose, diagnose_one_at_a_time
+from resx.theory.diagnose import as_blocks, diagnose, diagnose_one_at_a_time
 from resx.runs.cache import run_key
 from resx.theory.kink import split_halves
 

@@ -339,9 +339,10 @@ ANY_VALUE = hs.one_of(
     hs.floats(), hs.floats(min_value=-1.0, max_value=20.0), hs.booleans(), hs.none(),
     hs.text(max_size=12), hs.sampled_from(CHOICE_WORDS), hs.lists(hs.integers(), max_size=3),
     hs.dictionaries(hs.text(max_size=3), hs.integers(), max_size=2), hs.binary(max_size=4))
-OPTIONS = {"dataset": ["teacher", "shapes", "npz", "cifar10"], "arch": ["mlp", "resnet"], "optimizer": ["sgd", "adamw"],
+OPTIONS = {"dataset": ["teacher", "shapes", "npz", "cifar10", "digits"], "arch": ["mlp", "resnet", "resnet18"], "optimizer": ["sgd", "adamw"],
            "schedule": ["constant", "cosine"], "finetune": ["block", "all"], "bound": ["grs", "bft"],
-           "device": ["auto", "cpu"], "npz_path": ["", "x.npz", "../../etc/passwd"]}
+           "device": ["auto", "cpu"], "npz_path": ["", "x.npz", "../../etc/passwd"],
+           "init_weights": ["", "w.pt", "../../etc/passwd"]}
 DEFAULTS = RunConfig().to_dict()
 
 

@@ -30,12 +30,12 @@ import torch
 import torch.nn as nn
 import torchvision.models as tvm
 
-from .core.data import Split
-from .core.models import MLP, ResNet, candidate_blocks, check_positions, insert_block
-from .core.tv_resnet import ResNetBlocks
-from .theory.jumpboard import _block_io, jumpboard_path, steepest_on
-from .theory.kink import best_of_positions, split_halves
-from .theory.margins import cross_fit, descent_margins, live_gradients, u_statistic
+from ..core.data import Split
+from ..core.models import MLP, ResNet, candidate_blocks, check_positions, insert_block
+from ..core.tv_resnet import ResNetBlocks
+from .jumpboard import _block_io, jumpboard_path, steepest_on
+from .kink import best_of_positions, split_halves
+from .margins import cross_fit, descent_margins, live_gradients, u_statistic
 
 PRESERVATION_TOL = 1e-4   # max |logit change| allowed before a candidate counts as not preserving f
 
