@@ -177,3 +177,18 @@ def test_lesson_asks_first_runs_then_tells_whether_the_prediction_was_right(app_
     at.switch_page("views/class_board.py").run()
     assert not at.exception
     assert any("1 student(s), 1 run(s)" in c.value for c in at.caption)
+
+
+def test_lab_offers_digits_torchvision_archs_and_a_weights_upload(app_home):
+    """The Lab's pickers offer digits and resnet18/resnet34, the digits preset credits its source
+    (CC BY 4.0) under the form, and a weights uploader sits beside the .npz one."""
+    at = AppTest.from_file("../app.py", default_timeout=TIMEOUT)
+    at.query_params["preset"] = "digits-mlp"
+    at.run()
+    assert not at.exception
+    dataset = next(w for w in at.selectbox if w.label == "dataset")
+    arch = next(w for w in at.selectbox if w.label == "arch")
+    assert dataset.value == "digits" and {"resnet18", "resnet34"} <= set(arch.options)
+    assert {"digits-mlp", "digits-resnet"} <= set(next(w for w in at.selectbox if w.label == "Preset").options)
+    assert any("CC BY 4.0" in c.value and "1797" in c.value for c in at.caption)
+    assert any("Your own weights" in e.label for e in at.expander)

@@ -221,3 +221,22 @@ def test_digits_pipeline_certifies_on_T():
         assert math.isfinite(result[name]["L_T"]) and result[name]["L_pop"] is None
     holdout = result["certificates"]["holdout"]
     assert holdout["m"] == 200 and "T" in holdout["sample"]
+
+
+def test_a_run_starts_from_the_users_weights(tmp_path):
+    """With init_weights and epochs=0 the run's old model is exactly the file's network (no base
+    training), and its checkpoint loads back into the architecture."""
+    from resx.core.config import PRESETS
+    from resx.runs.pipeline import load_checkpoint
+    cfg = PRESETS["digits-mlp"].replace(n=200, n_probe=100, n_test=100, depth=1, width=16, position=1,
+                                        finetune_epochs=1)
+    torch.manual_seed(11)
+    mine = build_model(cfg, (1, 8, 8), 10)
+    torch.save(mine.state_dict(), tmp_path / "mine.pt")
+    cfg = cfg.replace(init_weights=str(tmp_path / "mine.pt"), epochs=0)
+    result = resx.run_pipeline(cfg, out_dir=tmp_path / "run")
+    assert result["status"] == "done"
+    old = load_checkpoint(tmp_path / "run", "old", cfg, (1, 8, 8), 10)
+    assert all(torch.equal(v, mine.state_dict()[k]) for k, v in old.state_dict().items())
+    with pytest.raises(resx.ConfigError, match="epochs"):
+        cfg.replace(init_weights="")
