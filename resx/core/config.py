@@ -248,7 +248,7 @@ PRESETS: dict[str, RunConfig] = {
     # the post-LN MLP; the ResNet-8 takes the 8x8 images as they are (strides 1, 2, 2: 8 -> 4 -> 2,
     # no upsampling). What each shows, and its wall time: README "Presets".
     "digits-mlp": RunConfig(dataset="digits", arch="mlp", depth=4, width=64, position=2, n=800, n_probe=600,
-                            n_test=397, epochs=30, finetune_epochs=5, batch_size=64),
+                            n_test=397, epochs=10, finetune_epochs=3, batch_size=64),
     "digits-resnet": RunConfig(dataset="digits", arch="resnet", depth=1, width=8, position=2, n=800,
                                n_probe=600, n_test=397, optimizer="sgd", lr=0.05, weight_decay=5e-4,
                                batch_size=64, epochs=20, finetune_epochs=3, finetune="block"),
