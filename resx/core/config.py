@@ -251,7 +251,7 @@ PRESETS: dict[str, RunConfig] = {
                             n_test=397, epochs=10, finetune_epochs=3, batch_size=64),
     "digits-resnet": RunConfig(dataset="digits", arch="resnet", depth=1, width=8, position=2, n=800,
                                n_probe=600, n_test=397, optimizer="sgd", lr=0.05, weight_decay=5e-4,
-                               batch_size=64, epochs=20, finetune_epochs=3, finetune="block"),
+                               batch_size=64, epochs=10, finetune_epochs=3, finetune="block"),
     "cifar10-resnet8": RunConfig(dataset="cifar10", arch="resnet", depth=1, width=4, position=1,
                                  n=50000, n_probe=5000, n_test=5000, augment=True, optimizer="sgd",
                                  lr=0.1, weight_decay=5e-4, batch_size=128, epochs=30, finetune_epochs=5),
