@@ -48,7 +48,7 @@ def test_zero_block_preserves_torchvision_resnets(block):
     model.eval()
     reference = model(x)
     view = as_blocks(model)
-    for k in range(5):
+    for k in (0, 2, 4):                                      # after the stem, at a stage boundary, the last
         f_new, _ = insert_block(view, k, x, y, block=candidate_blocks(view, [k], x, 0)[k])
         tv = f_new.to_torchvision(model).eval()            # torchvision's class, one stage one block longer
         assert type(tv) is ResNet and sum(len(getattr(tv, f"layer{s}")) for s in range(1, 5)) == 5

@@ -100,7 +100,7 @@ def preservation(view: nn.Module, candidates: dict[int, nn.Module], x: torch.Ten
 
 
 def diagnose(model: nn.Module, x_train, y_train, x_probe, y_probe, positions=None, delta: float = 0.05,
-             seed: int = 0, batch_size: int = 256) -> dict:
+             seed: int = 0, batch_size: int = 256, train_statistics: bool = False) -> dict:
     """The descent test of theory.md 4b at every insertion position of `model`, in one pass.
 
     model: a torchvision ResNet or a resx model (never modified). x_train (n, C, H, W) float and
@@ -113,7 +113,8 @@ def diagnose(model: nn.Module, x_train, y_train, x_probe, y_probe, positions=Non
     "preserved": preservation <= 1e-4, "positions": [one dict per position: position, stage, where,
     channels, descent_observable (UCB < 0), slope_in, slope_cross (D_P2(d_hat)), slope_cross_se,
     slope_cross_ucb, probe_needed, gradient_nonzero (U_P's lower bound > 0), kappa2_U (+ _se,
-    _lcb), kappa2_cross (+ _se, _lcb), kappa2_naive_P, kappa2_train_U, kappa2_train_naive, direction
+    _lcb), kappa2_cross (+ _se, _lcb), kappa2_naive_P, kappa2_train_U and kappa2_train_naive (what
+    fine-tuning on x_train sees: one more pass, only with train_statistics=True; else None), direction
     (d_hat {the new block's last-BN weight, bias: (C,) each}, or None)],
     "best": the Bonferroni-corrected pick (position, ucb at delta / K, observable), sizes, delta,
     seconds}.
@@ -124,7 +125,8 @@ def diagnose(model: nn.Module, x_train, y_train, x_probe, y_probe, positions=Non
     positions = check_positions(view, positions)
     candidates = candidate_blocks(view, positions, S.x, seed)
     preserved = preservation(view, candidates, S.x, batch_size)
-    margins = descent_margins(view, S, P, None, positions, candidates, delta=delta, seed=seed, batch_size=batch_size)
+    margins = descent_margins(view, S, P, None, positions, candidates, delta=delta, seed=seed, batch_size=batch_size,
+                              train=train_statistics)
     rows = []
     for m in margins:
         stage, where = _where(view, m.position)

@@ -438,8 +438,8 @@ class PositionMargin:
     kappa2_U: MarginEstimate
     kappa2_cross: MarginEstimate
     kappa2_naive_P: float
-    kappa2_train_naive: float
-    kappa2_train_U: MarginEstimate
+    kappa2_train_naive: Optional[float]          # None when not computed (descent_margins(train=False))
+    kappa2_train_U: Optional[MarginEstimate]
     kappa2_pop: Optional[MarginEstimate]
     observed: bool
     G_P: dict
@@ -455,7 +455,8 @@ class PositionMargin:
                 "kappa2_cross": self.kappa2_cross.value, "kappa2_cross_se": self.kappa2_cross.stderr,
                 "kappa2_cross_lcb": self.kappa2_cross.lcb,
                 "kappa2_naive_P": self.kappa2_naive_P, "kappa2_train_naive": self.kappa2_train_naive,
-                "kappa2_train_U": self.kappa2_train_U.value, "kappa2_train_U_se": self.kappa2_train_U.stderr,
+                "kappa2_train_U": None if self.kappa2_train_U is None else self.kappa2_train_U.value,
+                "kappa2_train_U_se": None if self.kappa2_train_U is None else self.kappa2_train_U.stderr,
                 "observed": self.observed,
                 "kappa2_pop": None if pop is None else pop.value,
                 "kappa2_pop_se": None if pop is None else pop.stderr}
@@ -467,9 +468,10 @@ class PositionMargin:
                Record("margins", step, "P", "kappa2_U_lcb", self.kappa2_U.lcb, None, k),
                Record("margins", step, "P", "kappa2_cross", self.kappa2_cross.value, self.kappa2_cross.stderr, k),
                Record("margins", step, "P", "kappa2_naive", self.kappa2_naive_P, None, k),
-               Record("margins", step, "P", "observed", float(self.observed), None, k),
-               Record("margins", step, "S", "kappa2_naive", self.kappa2_train_naive, None, k),
-               Record("margins", step, "S", "kappa2_U", self.kappa2_train_U.value, self.kappa2_train_U.stderr, k)]
+               Record("margins", step, "P", "observed", float(self.observed), None, k)]
+        if self.kappa2_train_U is not None:
+            out += [Record("margins", step, "S", "kappa2_naive", self.kappa2_train_naive, None, k),
+                    Record("margins", step, "S", "kappa2_U", self.kappa2_train_U.value, self.kappa2_train_U.stderr, k)]
         if self.descent is not None:
             out += [Record("margins", step, "P", "slope_cross", self.descent.slope_cross, self.descent.se, k),
                     Record("margins", step, "P", "descent_observable", float(self.descent.observable), None, k)]
@@ -480,12 +482,13 @@ class PositionMargin:
 
 def descent_margins(model: nn.Module, S, P, population=None, positions=None,
                     candidates: Optional[dict[int, nn.Module]] = None, delta: float = 0.05, seed: int = 0,
-                    batch_size: int = CHUNK, descent: bool = True) -> list[PositionMargin]:
+                    batch_size: int = CHUNK, descent: bool = True, train: bool = True) -> list[PositionMargin]:
     """kappa_k^2 at every position by every estimator of theory.md 4, from one pass per sample,
     and (descent=True) the cross-fitted "descent observable" test of theory.md 4b (two more passes
     over P: its halves P1, P2 from kink.split_halves(P, seed), the jumpboard's split).
 
     S, P, population: objects with .x, .y (data.Split); population may be None (real data).
+    train=False skips the pass over S for the training-side margins (kappa2_train_*: None).
     candidates default to candidate_block(model, k, S.x, seed) (BN calibrated on S for resnet: S
     sets zhat's normalisation, hence the direction's gamma part; P1 chooses the direction given it),
     all calibrated in one pass over S (models.candidate_blocks).
@@ -497,7 +500,7 @@ def descent_margins(model: nn.Module, S, P, population=None, positions=None,
     if missing:
         candidates.update(candidate_blocks(model, missing, S.x, seed))
     on_P = block_gradients(model, P.x, P.y, positions, candidates, batch_size)
-    on_S = block_gradients(model, S.x, S.y, positions, candidates, batch_size)
+    on_S = block_gradients(model, S.x, S.y, positions, candidates, batch_size) if train else {}
     on_pop = (population_margins(model, population, positions, candidates, delta, batch_size)
               if population is not None else {})
     tests = descent_tests(model, P, positions, candidates, delta, seed, batch_size) if descent else {}
@@ -507,8 +510,9 @@ def descent_margins(model: nn.Module, S, P, population=None, positions=None,
         U_P = u_statistic(on_P[k], delta)
         out.append(PositionMargin(
             position=k, kappa2_U=U_P, kappa2_cross=cross_fit(on_P[k], generator, delta),
-            kappa2_naive_P=naive_sq_norm(on_P[k]), kappa2_train_naive=naive_sq_norm(on_S[k]),
-            kappa2_train_U=u_statistic(on_S[k], delta), kappa2_pop=on_pop.get(k),
+            kappa2_naive_P=naive_sq_norm(on_P[k]),
+            kappa2_train_naive=naive_sq_norm(on_S[k]) if train else None,
+            kappa2_train_U=u_statistic(on_S[k], delta) if train else None, kappa2_pop=on_pop.get(k),
             observed=U_P.lcb > 0, G_P=on_P[k].unflatten(on_P[k].mean()),
             live_parameters=tuple(on_P[k].names), descent=tests.get(k)))
     return out
