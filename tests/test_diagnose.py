@@ -240,3 +240,23 @@ def test_a_run_starts_from_the_users_weights(tmp_path):
     assert all(torch.equal(v, mine.state_dict()[k]) for k, v in old.state_dict().items())
     with pytest.raises(resx.ConfigError, match="epochs"):
         cfg.replace(init_weights="")
+
+
+def test_saved_weights_are_named_by_their_hash_and_nothing_invalid_is_kept(tmp_path):
+    """save_weights keeps valid bytes as <sha256>.pt (the same bytes: the same path) and keeps no
+    file at all for bytes it refuses."""
+    import hashlib
+    import io
+    from resx.core.weights import save_weights
+    buf = io.BytesIO()
+    torch.save({"w": torch.arange(3.0)}, buf)
+    content = buf.getvalue()
+    path = save_weights(content, tmp_path / "weights")
+    assert path.name == hashlib.sha256(content).hexdigest() + ".pt"
+    assert save_weights(content, tmp_path / "weights") == path and torch.equal(read_state_dict(path)["w"], torch.arange(3.0))
+    evil = io.BytesIO()
+    torch.save({"w": Payload(tmp_path / "ran")}, evil)
+    with pytest.raises(DataError):
+        save_weights(evil.getvalue(), tmp_path / "weights")
+    assert sorted(p.name for p in (tmp_path / "weights").iterdir()) == [path.name]
+    assert not (tmp_path / "ran").exists()
