@@ -102,6 +102,9 @@ def certificates_panel(result: dict):
     if not cert:
         st.caption("Appear when the fine-tune and the control have finished.")
         return
+    if not cert.get("computed", True):
+        st.info(cert["note"])
+        return
     rows = sorted(cert["items"], key=lambda r: (r["slack"] is None, r["slack"] if r["slack"] is not None else 0))
     table = {"certificate": [], "certifies": [], "bound on": [], "model": [], "bound": [], "observed": [],
              "verdict": [], "would certify at": []}
