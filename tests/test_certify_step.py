@@ -146,3 +146,27 @@ def test_figure_cells_certify_only_when_asked():
     parse = make_parser().parse_args
     assert settings_from_args(parse(["figures", "--out", "x", "--quick"])).base.certify is False
     assert settings_from_args(parse(["figures", "--out", "x", "--quick", "--certify"])).base.certify is True
+
+
+@pytest.mark.parametrize("arch", ["mlp", "resnet"])
+def test_models_sharing_the_blocks_before_the_insertion_get_their_own_losses_from_one_prefix_pass(arch):
+    """losses_of: f_new and f_J with f_old's stem and blocks[:k] (only the new block trained) get
+    bit-identical losses to their own forward passes; a model with other weights there is not shared."""
+    from resx.core.models import build_model, insert_block
+    from resx.core.train import losses_of, same_prefix
+    torch.manual_seed(0)
+    shape, k = ((3, 8, 8), 2) if arch == "resnet" else ((12,), 1)
+    cfg = RunConfig(dataset="shapes" if arch == "resnet" else "teacher", arch=arch, depth=1 if arch == "resnet" else 3,
+                    width=4, position=k)
+    old = build_model(cfg, shape, 10)
+    x, y = torch.randn(300, *shape), torch.randint(0, 10, (300,))
+    new, _ = insert_block(old, k, x, y, seed=0)
+    with torch.no_grad():
+        for p in new.blocks[k].parameters():
+            p.add_(0.1 * torch.randn_like(p))   # a trained new block
+    other = build_model(cfg, shape, 10)
+    assert same_prefix(old, new, k) and not same_prefix(old, other, k)
+    got = losses_of({"old": old, "new": new, "other": other}, k, x, y)
+    for name, model in (("old", old), ("new", new), ("other", other)):
+        assert torch.equal(got[name], per_sample_losses(model, x, y)[0])
+    assert not torch.equal(got["new"], got["old"])

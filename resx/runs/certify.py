@@ -15,7 +15,7 @@ import torch
 from ..core.config import RunConfig
 from ..core.data import Split, TaskData
 from ..core.models import build_model, insert_block
-from ..core.train import per_sample_losses, train
+from ..core.train import losses_of, per_sample_losses, train
 from ..theory.bounds import loss_bound
 from ..theory.certificates import certificate_from_losses, paired_difference, sample_losses
 from ..theory.pacbayes import pac_bayes_block
@@ -93,7 +93,8 @@ def headline(models: dict, data: TaskData, population: Optional[Split], losses=p
 def holdout_certificates(cfg: RunConfig, data: TaskData, models: dict, population: Optional[Split] = None,
                          losses=per_sample_losses) -> dict:
     """The three pairs at delta/3 each (union bound), on the certification sample: its size from
-    `certification_size`, each chunk drawn once and every model's losses on it in that one pass.
+    `certification_size`, each chunk drawn once and every model's losses on it in that one pass
+    (f_new and f_J share f_old's blocks before the insertion when only the new block was trained).
 
     Where c bounds every loss (mlp), each point's loss is its label-averaged loss E[l | x_i] =
     -sum_c p_ic log softmax_c (Split.expected): D_i = E[l_b - l_a | x_i] are i.i.d. in [-c, c] with the
@@ -106,8 +107,8 @@ def holdout_certificates(cfg: RunConfig, data: TaskData, models: dict, populatio
     per_model: dict[str, list] = {name: [] for name in models}
     for chunk in certification_chunks(cfg, data, size["m"]):
         chunk = chunk.expected() if averaged else chunk
-        for name, model in models.items():
-            per_model[name].append(per_sample_losses(model, chunk.x, chunk.y)[0].double().cpu())
+        for name, value in losses_of(models, cfg.position, chunk.x, chunk.y).items():
+            per_model[name].append(value.double().cpu())
     per_sample = {name: torch.cat(parts) for name, parts in per_model.items()}
     where = (f"the test sample T ({len(data.T)} points)" if data.sampler is None
              else f"a fresh sample of m = {size['m']} points")

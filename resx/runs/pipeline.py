@@ -19,7 +19,8 @@ from ..core.config import RunConfig
 from ..core.data import Split, load_data
 from ..core.models import build_model, insert_block, new_block_parameter_names
 from ..core.records import Record, RecordSink, discard
-from ..core.train import Evaluator, LossMemo, draw_population, per_sample_losses, resolve_device, risk, train
+from ..core.train import (Evaluator, LossMemo, draw_population, per_sample_losses, resolve_device, risk,
+                          same_prefix, train)
 from ..theory.bounds import complexity, loss_bound, make_terms, tighter_route
 from ..theory.jumpboard import jump_margins, jumpboard_path
 from ..theory.kink import best_of_positions
@@ -134,6 +135,10 @@ def run_pipeline(cfg: RunConfig, sink: RecordSink = discard, cancel: Optional[th
         return _finish(result | {"status": outcome.status, "message": outcome.message}, timings, out_dir, models)
     models["jumpboard"] = f_J
 
+    sharing = [old] + [m for m in (new, f_J) if same_prefix(old, m, cfg.position)]   # finetune="block"
+    for sample in (data.S, data.T, data.P, population):
+        if sample is not None and len(sharing) > 1:
+            losses.fill(sharing, cfg.position, sample.x, sample.y)   # the blocks before the insertion once
     for name, model in models.items():
         result[name if name != "jumpboard" else "f_J"] = risks_of(model, data, population, losses)
     lap("evaluate")
