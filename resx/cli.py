@@ -218,6 +218,15 @@ def summary_table(result: dict, run_id: str, status: str | None = None) -> str:
     if beats:
         lines.append(f"expanded against control: {beats['verdict']} ({beats['risk']} {beats['new']:.4f} against "
                      f"{beats['control']:.4f}, difference {number(beats['difference'])} ± {number(beats['difference_se'], 2)})")
+    cert = result.get("certificates")
+    if cert and cert.get("computed"):
+        hold = cert["holdout"]
+        certified = [item["name"] for item in cert["items"] if item["certified"]]
+        lines.append(f"certificates: {len(certified)} of {len(cert['items'])} certify"
+                     + (f" ({', '.join(certified)})" if certified else "") + f"; hold-out on {hold['sample']}")
+    elif cert:
+        lines.append(f"certificates: not computed (certify=false); `python -m resx certify {run_id}` (or --dir "
+                     "on the run folder) computes them from the checkpoints")
     lines.append("the full result: --json, or result.json")
     return "\n".join(lines)
 
