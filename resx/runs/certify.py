@@ -98,8 +98,8 @@ def holdout_certificates(cfg: RunConfig, data: TaskData, models: dict, populatio
 
     Where c bounds every loss (mlp), each point's loss is its label-averaged loss E[l | x_i] =
     -sum_c p_ic log softmax_c (Split.expected): D_i = E[l_b - l_a | x_i] are i.i.d. in [-c, c] with the
-    same mean L(f_b) - L(f_a), a third of the labels' variance on demo-mlp, so a third of the points
-    for the same bound (THEORY.md 8b). Where c was measured (the clip can bind), labels."""
+    same mean L(f_b) - L(f_a) and a third of the labels' variance on demo-mlp (the bound's variance
+    term; its range term is unchanged, THEORY.md 8b). Where c was measured (the clip can bind), labels."""
     ranges = {name: loss_bound(model, data.S.x, cfg.arch) for name, model in models.items()}
     measured = any(r["B_h_measured"] for r in ranges.values())
     averaged = not measured and data.sampler is not None   # E[l | x] <= c too: the clip never binds
@@ -118,7 +118,8 @@ def holdout_certificates(cfg: RunConfig, data: TaskData, models: dict, populatio
         cert = certificate_from_losses(per_sample[a], per_sample[b], each, (ranges[a]["c"], ranges[b]["c"]),
                                        statement)
         pairs.append(cert.to_dict() | {"a": a, "b": b, "model": f"{who} (deterministic)"})
-    return {"sample": where, "label_averaged": averaged, "m": int(len(per_sample["old"])), "size": size, "delta": cfg.delta, "delta_each": each,
+    return {"sample": where, "label_averaged": averaged, "m": int(len(per_sample["old"])), "size": size,
+            "delta": cfg.delta, "delta_each": each,
             "loss_range": {name: r["c"] for name, r in ranges.items()}, "range_measured": measured,
             "range_note": ("c bounds every loss on every input (mlp: ||h|| <= sqrt(w) after the last "
                            "LayerNorm), so the claim is about the loss itself" if not measured else
