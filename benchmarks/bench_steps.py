@@ -4,7 +4,8 @@
 runs each preset's pipeline 1 + N times in this process with one torch thread, after a warm-up
 optimizer (the first one imports torch._dynamo, seconds that belong to no step), and prints the
 per-step timings that `run_pipeline` records, the theory steps' total (estimate_margins +
-jumpboard + terms_and_routes) and its ratio to train_base (target <= 0.5).
+jumpboard + terms_and_routes) and its ratio to train_base (target <= 0.5), and the warm median of
+the certify step and of the whole run (issue 25: the step's time per preset).
 
 The first run of a preset is reported as `cold` and the N later ones as `warm`, with their median:
 the app's workers are persistent processes (resx.runs.workers), so a class sees the warm figure
@@ -51,8 +52,12 @@ def main(argv=None) -> int:
         for i, r in enumerate(runs):
             print(json.dumps({"preset": name, "run": "cold" if i == 0 else f"warm {i}", **r}), flush=True)
         warm = [r["theory_over_base"] for r in runs[1:]]
+        certify = [r["timings"].get("certify") for r in runs[1:] if r["timings"].get("certify") is not None]
         print(json.dumps({"preset": name, "cold_theory_over_base": runs[0]["theory_over_base"],
                           "warm_theory_over_base_median": round(statistics.median(warm), 3) if warm else None,
+                          "warm_certify_s_median": round(statistics.median(certify), 3) if certify else None,
+                          "warm_total_s_median": round(statistics.median(r["total_s"] for r in runs[1:]), 2)
+                          if runs[1:] else None,
                           "loadavg": [round(x, 2) for x in os.getloadavg()]}), flush=True)
     return 0
 

@@ -6,7 +6,9 @@
 (b) one trivial task's round trip: a plain call, a LocalExecutor process-pool submit/result, and
     ray.get(f.remote()), each `--calls` times one after another.
 
-Usage: python -m benchmarks.bench_sweep [--reps 3] [--workers 2] [--calls 50] [--cell tiny|small].
+(c) with --certify-cost: the issue-25 grid's cells against the bare pipeline without the certify step.
+
+Usage: python -m benchmarks.bench_sweep [--reps 3] [--workers 2] [--calls 50] [--cell tiny|small] [--certify-cost].
 Prints the machine, the versions, and the median (min - max) over the repetitions; the timing and
 reporting helpers are benchmarks/harness.py's (`python -m benchmarks` runs the suite).
 """
@@ -23,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.harness import format_figure, interleaved, machine_info, spread  # noqa: E402
+from benchmarks.harness import format_figure, interleaved, machine_info, ratio, spread  # noqa: E402
 from resx.core.config import RunConfig  # noqa: E402
 from resx.scale.sweep import LocalExecutor, RayExecutor, SweepSpec, run_cell, run_sweep  # noqa: E402
 
@@ -65,13 +67,40 @@ def round_trips(executor, calls: int) -> list[float]:
     return out
 
 
+def certify_cost(reps: int) -> None:
+    """(c) What a sweep cell costs against the bare pipeline without the certify step (issue 25): the
+    4-cell demo-mlp grid depths 1,2 x widths 16,32, in this process, the arms interleaved. A cell
+    (run_cell) adds the summary and keeps its checkpoints; --certify adds the certify step."""
+    from resx.core.config import PRESETS
+    from resx.runs.pipeline import run_pipeline
+    cells = SweepSpec(PRESETS["demo-mlp"], depths=[1, 2], widths=[16, 32]).cells()
+    arms = {"pipeline, certify off": lambda: [run_pipeline(c) for c in cells],
+            "sweep cells (run_cell)": lambda: [run_cell(c.to_dict()) for c in cells],
+            "sweep cells, --certify": lambda: [run_cell(c.replace(certify=True).to_dict()) for c in cells]}
+    times, first = interleaved(arms, reps)
+    assert all(p["cell"]["status"] == "done" for p in first["sweep cells (run_cell)"] + first["sweep cells, --certify"])
+    print(f"(c) {len(cells)} demo-mlp cells (depths 1,2 x widths 16,32), one after another, {reps} interleaved reps")
+    rates = {name: [60 * len(cells) / t for t in ts] for name, ts in times.items()}
+    for name, xs in rates.items():
+        print(f"    {name:<28}{format_figure(spread(xs, unit='cells/min'))}")
+    bare, cell, certified = (times[name] for name in arms)
+    print(f"    sweep cell / bare pipeline: {format_figure(ratio(cell, bare))} (target <= 1.2); "
+          f"with --certify: {format_figure(ratio(certified, bare))}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--calls", type=int, default=50)
     parser.add_argument("--cell", choices=sorted(CELLS), default="small")
+    parser.add_argument("--certify-cost", action="store_true", help="only (c): sweep cells against the bare "
+                                                                     "pipeline without the certify step")
     args = parser.parse_args()
+    if args.certify_cost:
+        torch.set_num_threads(1)
+        certify_cost(args.reps)
+        return
     import ray
 
     torch.set_num_threads(1)  # the serial baseline runs like one worker (one torch thread)

@@ -107,6 +107,31 @@ def cmd_run(args) -> int:
     return 0 if result["status"] == "done" else 1
 
 
+def cmd_certify(args) -> int:
+    """Certify a finished run later, from its saved checkpoints (a run or sweep cell that skipped
+    the certify step): the store's run ID, or a run folder (--dir) holding result.json and *.pt."""
+    from .runs.pipeline import CertifyError, certify_saved_run, certify_stored_run, finite_json
+    from .runs.store import Store
+
+    if bool(args.id) == bool(args.dir):
+        raise ConfigError("ID", args.id or args.dir, "either a run id or --dir FOLDER, not both")
+    try:
+        result = certify_saved_run(Path(args.dir)) if args.dir else certify_stored_run(Store(), args.id)
+    except CertifyError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    cert = result["certificates"]
+    if args.json:
+        print(json.dumps(finite_json(cert), indent=2))
+        return 0
+    for item in cert["items"]:
+        print(f"{item['name']}: {'certified' if item['certified'] else 'not certified'} "
+              f"(bound {number(item['bound'])}, observed {number(item['observed'])})")
+    print(f"certified in {result['timings']['certify']:.1f} s; the full section: --json, or result.json",
+          file=sys.stderr)
+    return 0
+
+
 def cmd_runs(args) -> int:
     """List, show or export runs from the store."""
     from .runs.store import Store
@@ -200,6 +225,15 @@ def summary_table(result: dict, run_id: str, status: str | None = None) -> str:
     if beats:
         lines.append(f"expanded against control: {beats['verdict']} ({beats['risk']} {beats['new']:.4f} against "
                      f"{beats['control']:.4f}, difference {number(beats['difference'])} ± {number(beats['difference_se'], 2)})")
+    cert = result.get("certificates")
+    if cert and cert.get("computed"):
+        hold = cert["holdout"]
+        certified = [item["name"] for item in cert["items"] if item["certified"]]
+        lines.append(f"certificates: {len(certified)} of {len(cert['items'])} certify"
+                     + (f" ({', '.join(certified)})" if certified else "") + f"; hold-out on {hold['sample']}")
+    elif cert:
+        lines.append(f"certificates: not computed (certify=false); `python -m resx certify {run_id}` (or --dir "
+                     "on the run folder) computes them from the checkpoints")
     lines.append("the full result: --json, or result.json")
     return "\n".join(lines)
 
@@ -235,6 +269,12 @@ def make_parser() -> argparse.ArgumentParser:
                                                           "export: JSON (run, config, result, metrics) instead of CSV")
     runs.add_argument("--out", help="export file (default ID.csv or ID.json)")
     runs.set_defaults(func=cmd_runs)
+    certify = sub.add_parser("certify", help="certify a finished run later from its checkpoints (sweep cells "
+                                             "and runs with certify=false skip the step)")
+    certify.add_argument("id", nargs="?", help="a run id of the store (see 'runs list')")
+    certify.add_argument("--dir", help="a run folder with result.json and the checkpoints, instead of an id")
+    certify.add_argument("--json", action="store_true", help="print the certificates section as JSON")
+    certify.set_defaults(func=cmd_certify)
     presets = sub.add_parser("presets", help="list the presets and their configurations")
     presets.set_defaults(func=cmd_presets)
     from .scale.demo_assets import add_assets_parser

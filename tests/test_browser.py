@@ -348,3 +348,30 @@ def test_every_page_in_the_menu_opens_without_errors(page, server, shots):
         name = url.rstrip("/").rsplit("/", 1)[-1].split("?")[0] or "home"
         if name not in ("lab", "runs", "theory", "home", f"localhost:{server.port}"):
             full_screenshot(page, shots / f"page_{name}.png")
+
+
+def test_a_run_that_skipped_the_certify_step_is_certified_from_the_lab(page, server, shots):
+    """A finished run with certify=false (here from the command line, into the server's store)
+    opens in the Lab saying it did not certify; "Certify this run" computes the certificates from its
+    checkpoints and the page then shows the certificates table, with no error."""
+    import json
+    import subprocess
+    import sys
+    root = Path(__file__).resolve().parents[1]
+    cli = subprocess.run([sys.executable, "-m", "resx", "run", "--json", *[f"--set={k}={v}" for k, v in SMALL.items()],
+                          "--set=certify=false", "--set=n_pop=4096"], cwd=root, capture_output=True, text=True,
+                         env={**os.environ, "RESX_HOME": str(server.home)}, timeout=300)
+    assert cli.returncode == 0, cli.stderr[-2000:]
+    run_id = re.search(r"run (\S+) recorded", cli.stderr).group(1)
+    page.goto(f"{server.url}/?run={run_id}")
+    status_alert(page, "done").wait_for(timeout=60_000)
+    assert wait_until(lambda: "did not certify" in main_text(page), 30)
+    main_button(page, "Certify this run").click()
+    assert wait_until(lambda: "did not certify" not in main_text(page), 180), main_text(page)[-2000:]
+    page.locator('[data-testid="stTable"]').first.wait_for(timeout=30_000)   # the certificates table
+    wait_settled(page)
+    full_screenshot(page, shots / "lab_certified_later.png")
+    assert "Certify this run" not in main_text(page) and not page_errors(page), page_errors(page)
+    stored = json.loads((server.home / "runs" / run_id / "result.json").read_text())
+    assert stored["certificates"]["computed"] is True
+

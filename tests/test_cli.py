@@ -95,7 +95,8 @@ def _check_theory_keys(result, cfg):
                           "kappa2_train_U", "observed", "kappa2_pop", "kappa2_pop_se"}
         assert m["observed"] == (m["kappa2_U_lcb"] > 0)
     jb = result["jumpboard"]
-    assert set(jb) >= {"eta", "L_S", "L_P", "L_T", "L_pop", "curve"} and jb["curve"][0]["eta"] == 0
+    assert set(jb) >= {"eta", "line_search", "curve"} and jb["curve"][0]["eta"] == 0
+    assert set(jb["line_search"]) >= {"L_S_at_eta", "L_P2_at_eta", "L_T_at_eta", "L_pop_curve_at_eta"}
     t = result["terms"]
     assert set(t) >= {"Delta_R", "Delta_R_T", "Delta_ERM", "eps_M", "eps_K", "hoeffding", "c", "delta", "bound_name"}
     L_old = result["old"]["L_pop"]

@@ -75,7 +75,12 @@ def test_line_search_curve_starts_at_f_new_and_follows_the_first_order_predictio
         assert torch.equal(p, before[n])
     shifted = jb.model.blocks[k].w2.weight
     assert (shifted - jb.eta * jb.direction["w2.weight"]).abs().max().item() < 1e-6   # phi0 = 0
-    assert set(jb.to_dict()) >= {"eta", "position", "curve", "L_S", "L_P", "L_T", "L_pop", "L_pop_se"}
+    d = jb.to_dict()
+    assert {"eta", "position", "curve", "line_search"} <= set(d) and not {"L_S", "L_P", "L_T", "L_pop"} & set(d)
+    with torch.no_grad():   # result.json names the line search's estimates by the sample they are on
+        assert d["line_search"]["L_P2_at_eta"] == pytest.approx(F.cross_entropy(jb.model(P2.x), P2.y).item(), rel=1e-5)
+        assert d["line_search"]["L_T_at_eta"] == pytest.approx(
+            F.cross_entropy(jb.model(s["T"].x), s["T"].y).item(), rel=1e-5)
 
 
 def test_with_label_distributions_the_curve_draws_the_label_averaged_loss_on_a_smaller_slice(setting):

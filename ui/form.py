@@ -16,7 +16,8 @@ from .text import plain
 FIELDS = {f.name: f.type for f in dataclasses.fields(RunConfig)}
 # What the Lab form shows, in order; the rest keep the preset's value (and the URL's).
 FORM_FIELDS = ("dataset", "arch", "depth", "width", "position", "n", "n_probe", "n_test", "optimizer", "lr",
-               "weight_decay", "batch_size", "epochs", "finetune_epochs", "finetune", "bound", "delta", "m_cert", "seed")
+               "weight_decay", "batch_size", "epochs", "finetune_epochs", "finetune", "bound", "delta", "m_cert", "seed",
+               "certify")
 CHOICES = {"dataset": ("teacher", "shapes", "digits", "cifar10", "cifar100", "mnist", "fashion-mnist"),
            "arch": ("mlp", "resnet", "resnet18", "resnet34"), "optimizer": ("sgd", "adamw"), "finetune": ("block", "all"),
            "bound": ("grs", "bft"), "schedule": ("constant", "cosine")}
@@ -29,7 +30,10 @@ HELP = {"position": "insert the new block after this block (0 = right after the 
         "n_test": "test sample T", "finetune": "block: train only the new block; all: every parameter",
         "bound": "grs: Golowich-Rakhlin-Shamir 2018; bft: Bartlett-Foster-Telgarsky 2017",
         "delta": "every certificate holds with probability at least 1 - delta (the three hold-out pairs together)",
-        "m_cert": "fresh points for the hold-out certificates on synthetic tasks (real data use T)"}
+        "m_cert": "at most this many fresh points for the hold-out certificates on synthetic tasks (as many as a "
+                  "pilot predicts they need; real data use T)",
+        "certify": "the certify step after fine-tuning: hold-out and PAC-Bayes certificates (off: certify later "
+                   "from the checkpoints)"}
 
 
 def ints(text: str, field: str) -> tuple[int, ...]:
@@ -157,6 +161,8 @@ def config_form(current: RunConfig, npz_path: str | None = None,
             elif kind == "float":
                 values[name] = float(col.number_input(name, value=float(value), min_value=0.0, format="%g",
                                                       help=HELP.get(name), disabled=off))
+            elif kind == "bool":
+                values[name] = col.checkbox(name, value=bool(value), help=HELP.get(name), disabled=off)
         submitted = st.form_submit_button("Run", type="primary")
     if npz_path:
         values["dataset"], values["npz_path"] = "npz", npz_path

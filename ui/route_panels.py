@@ -102,6 +102,9 @@ def certificates_panel(result: dict):
     if not cert:
         st.caption("Appear when the fine-tune and the control have finished.")
         return
+    if not cert.get("computed", True):
+        st.info(cert["note"])
+        return
     rows = sorted(cert["items"], key=lambda r: (r["slack"] is None, r["slack"] if r["slack"] is not None else 0))
     table = {"certificate": [], "certifies": [], "bound on": [], "model": [], "bound": [], "observed": [],
              "verdict": [], "would certify at": []}
@@ -120,6 +123,11 @@ def certificates_panel(result: dict):
                                                    for k, v in where.items()) if not r["certified"] else "")
     st.table(table)
     hold, pac = cert["holdout"], cert["pac_bayes"]
+    if hold.get("size", {}).get("cap"):
+        st.caption(f"Hold-out sample: m = {hold['m']} fresh points, fixed before they were drawn: "
+                   f"{hold['size']['rule']}" + ("; each point's loss averaged over its label distribution, "
+                                                "E[l | x] (same mean, less variance)" if hold.get("label_averaged") else "")
+                   + ". " + theory_link("8b-certificates-that-can-certify"))
     st.caption(f"Hold-out: empirical Bernstein on the paired differences over {hold['sample']}, each pair at "
                f"delta/3 = {fmt(hold['delta_each'])} (union bound: the three hold together at 1 - delta); "
                f"{hold['range_note']}. Tightest: {cert.get('tightest')} ({cert.get('tightest_reason')}).")

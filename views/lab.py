@@ -134,5 +134,35 @@ def panels():
     ui.routes_panel(result)
 
 
+def certify_later():
+    """A finished run that skipped the certify step (a sweep cell, certify=false): a button that
+    certifies it from its saved checkpoints, then its progress; the page redraws when it is done."""
+    tasks, key = ui.get_tasks(), f"certify_task_{run_id}"
+    if key not in st.session_state:
+        note, button = st.columns([5, 1])
+        note.info("This run did not certify (certify=false). Its certificates can be computed now from its saved "
+                  "checkpoints; nothing is trained again but the PAC-Bayes route's own split.")
+        if button.button("Certify this run", key="certify_later"):
+            st.session_state[key] = tasks.submit("certify", lambda cancel, say: manager.certify_later(run_id))
+            st.rerun()
+        return
+    task_id = st.session_state[key]
+    first_task = tasks.snapshot(task_id)
+
+    @st.fragment(run_every=2.0 if first_task and first_task.is_active else None)
+    def progress():
+        snap = tasks.snapshot(task_id)
+        if snap is None or snap.is_active:
+            st.info(f"Certifying run `{run_id}` from its checkpoints ...")
+        elif snap.status == "failed":
+            st.error(f"Certifying failed: {snap.error}")
+        if first_task and first_task.is_active and snap and not snap.is_active:
+            st.rerun()  # done: one full rerun draws the certificates
+
+    progress()
+
+
 status_line()
+if first.status == "done" and not ((first.result or {}).get("certificates") or {}).get("computed", True):
+    certify_later()
 panels()

@@ -28,12 +28,17 @@ with st.form("sweep"):
     ray_address = ui.operator_setting("RESX_RAY_ADDRESS")  # the operator's cluster, never typed into the page
     cols[3].caption(f"Ray: {'the cluster at ' + ray_address if ray_address else 'a local one, started for the grid'} "
                     "(operator setting RESX_RAY_ADDRESS)")
+    certify = st.checkbox("certify every cell", value=False,
+                          help="the hold-out and PAC-Bayes certificates in each cell (the figure does not need "
+                               "them; they can take longer than the cell). Off: each cell keeps its checkpoints "
+                               "and can be certified later from the Lab")
     go = st.form_submit_button("Run the grid", type="primary")
 if go:
     try:
         base = ui.caps().check(PRESETS[preset].replace(epochs=int(epochs)))
         spec = SweepSpec(base=base, depths=ui.ints(depths, "depths"), widths=ui.ints(widths, "widths"),
-                         ns=ui.ints(ns, "ns") if ns.strip() else None, seeds=ui.ints(seeds, "seeds"))
+                         ns=ui.ints(ns, "ns") if ns.strip() else None, seeds=ui.ints(seeds, "seeds"),
+                         certify=certify)
         for cell in spec.cells():
             ui.caps().check(cell)
     except ConfigError as e:

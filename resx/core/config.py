@@ -79,7 +79,10 @@ class RunConfig:
     delta: float = 0.05               # confidence: guarantees hold with probability >= 1 - delta
     bound: str = "grs"                # "grs" (Golowich et al. 2018) | "bft" (Bartlett et al. 2017)
     m_cert: int = 262144              # fresh sample for the hold-out certificates (synthetic only), 2^18:
-                                      # demo-mlp's jumpboard (L(f_J) - L(f_old) = -0.0044) certifies from ~1e5
+                                      # demo-mlp's jumpboard (L(f_J) - L(f_old) = -0.0044) certifies from ~1e5;
+                                      # a cap: the step draws only as many as the pilot predicts it needs
+    certify: bool = True              # the certify step (hold-out and PAC-Bayes certificates) after
+                                      # fine-tuning; sweep and figure cells turn it off unless asked
     # reproducibility and placement
     seed: int = 0
     device: str = "auto"              # "auto" | "cpu" | "cuda"
@@ -116,6 +119,7 @@ class RunConfig:
         _check_float("delta", self.delta, 1e-6, 0.5)
         _check_choice("bound", self.bound, ("grs", "bft"))
         _check_int("m_cert", self.m_cert, 2, 1 << 24)
+        _check_bool("certify", self.certify)
         _check_int("seed", self.seed, 0, 2**31 - 1)
         _check_choice("device", self.device, ("auto", "cpu", "cuda"))
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from .config import RunConfig
 from .data import Split, TaskData, iterate_batches
-from .models import FromPosition, activations_at
+from .models import FromPosition, activations_at, run_blocks
 from .records import Record, RecordSink, discard
 
 log = logging.getLogger(__name__)
@@ -59,18 +59,60 @@ def per_sample_losses(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     an autocast region: risks are differenced, theory.md 6): (m,), (m,).
     y: labels (m,), or label distributions p (m, K) (Split.expected): then the loss is
     -sum_c p_ic log softmax_c = E[l | x_i] and the correctness p_i[argmax f(x_i)] = P(correct | x_i)."""
-    was = model.training
-    model.eval()
-    losses, correct = [], []
+    return losses_sharing_prefix([model], 0, x, y, batch_size)[0]
+
+
+def same_prefix(a: nn.Module, b: nn.Module, position: int) -> bool:
+    """Whether a and b compute the same function up to position `position`: their stems and
+    blocks[:position] hold equal parameters and buffers (f_new and f_J against f_old when only
+    the new block was fine-tuned: frozen modules stay in eval mode, THEORY.md 6)."""
+    if type(a) is not type(b) or min(len(a.blocks), len(b.blocks)) < position:
+        return False
+    for part_a, part_b in [(a.stem, b.stem)] + [(a.blocks[i], b.blocks[i]) for i in range(position)]:
+        sa, sb = part_a.state_dict(), part_b.state_dict()
+        if sa.keys() != sb.keys() or not all(torch.equal(sa[k], sb[k]) for k in sa):
+            return False
+    return True
+
+
+def losses_of(models: dict, position: int, x: torch.Tensor, y: torch.Tensor) -> dict:
+    """{name: per-sample losses} of several models on (x, y): those with the first one's prefix at
+    `position` (same_prefix) share one pass over it, the others get their own."""
+    names = list(models)
+    anchor = models[names[0]]
+    sharing = [n for n in names if n == names[0] or same_prefix(anchor, models[n], position)]
+    out = dict(zip(sharing, (loss for loss, _ in losses_sharing_prefix([models[n] for n in sharing], position, x, y))))
+    for n in names:
+        if n not in out:
+            out[n] = per_sample_losses(models[n], x, y)[0]
+    return {n: out[n] for n in names}
+
+
+@torch.no_grad()
+def losses_sharing_prefix(models: list[nn.Module], position: int, x: torch.Tensor, y: torch.Tensor,
+                          batch_size: int = EVAL_BATCH) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """per_sample_losses of each model, the stem and blocks[:position] of the first computed once
+    per batch and shared by all: only for models with `same_prefix` (position 0: one model, whole)."""
+    was = [m.training for m in models]
+    for m in models:
+        m.eval()
+    out = [([], []) for _ in models]
     for i in range(0, len(x), batch_size):
+        target = y[i:i + batch_size]
         with torch.autocast(x.device.type, enabled=False):
-            logits = model(x[i:i + batch_size])
-        logits, target = logits.float(), y[i:i + batch_size]
-        losses.append(F.cross_entropy(logits, target, reduction="none"))
-        guess = logits.argmax(1)
-        correct.append(guess == target if target.dim() == 1 else target.gather(1, guess[:, None])[:, 0])
-    model.train(was)
-    return torch.cat(losses), torch.cat(correct)
+            if position == 0 and len(models) == 1:
+                heads = [models[0](x[i:i + batch_size])]
+            else:
+                h = run_blocks(models[0], models[0].embed(x[i:i + batch_size]), 0, position)
+                heads = [FromPosition(m, position)(h) for m in models]
+        for (losses, correct), logits in zip(out, heads):
+            logits = logits.float()
+            losses.append(F.cross_entropy(logits, target, reduction="none"))
+            guess = logits.argmax(1)
+            correct.append(guess == target if target.dim() == 1 else target.gather(1, guess[:, None])[:, 0])
+    for m, w in zip(models, was):
+        m.train(w)
+    return [(torch.cat(losses), torch.cat(correct)) for losses, correct in out]
 
 
 class LossMemo:
@@ -83,10 +125,22 @@ class LossMemo:
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                  batch_size: int = EVAL_BATCH) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (id(model), x.data_ptr(), tuple(x.shape), y.data_ptr())
+        key = self._key(model, x, y)
         if key not in self._memo:
             self._memo[key] = (model, per_sample_losses(model, x, y, batch_size))
         return self._memo[key][1]
+
+    def fill(self, models: list[nn.Module], position: int, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Compute the losses of several models with `same_prefix` at `position` on (x, y) in one
+        pass, the shared blocks once (losses_sharing_prefix): later calls find them here."""
+        todo = [m for m in models if self._key(m, x, y) not in self._memo]
+        if todo:
+            for m, value in zip(todo, losses_sharing_prefix(todo, position, x, y)):
+                self._memo[self._key(m, x, y)] = (m, value)
+
+    @staticmethod
+    def _key(model, x, y) -> tuple:
+        return (id(model), x.data_ptr(), tuple(x.shape), y.data_ptr())
 
 
 def risk(model: nn.Module, split: Split, losses: Callable = per_sample_losses) -> Risk:

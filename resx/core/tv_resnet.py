@@ -96,6 +96,11 @@ class ResNetBlocks(nn.Module):
     def head(self) -> nn.Linear:
         return self.fc
 
+    @property
+    def stem(self) -> nn.Sequential:
+        """conv1, bn1, relu, maxpool as one module (the same modules, not copies; `embed` runs them)."""
+        return nn.Sequential(self.conv1, self.bn1, self.relu, self.maxpool)
+
     def embed(self, x):
         return self.maxpool(self.relu(self.bn1(self.conv1(x))))
 

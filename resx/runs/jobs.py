@@ -219,6 +219,18 @@ class JobManager:
             raise RuntimeError("the job manager is shut down; no new jobs")
         return run_id
 
+    def certify_later(self, run_id: str) -> dict:
+        """The certify step for a finished run that skipped it, from its checkpoints (no retraining):
+        the store gets the certificates, and so does the job held here, so pages show them at once.
+        Raises resx.runs.pipeline.CertifyError when the run is not finished or kept no checkpoints."""
+        from .pipeline import certify_stored_run
+        result = certify_stored_run(self.store, run_id)
+        with self._cond:
+            job = self._jobs.get(run_id)
+            if job is not None:
+                job.result = result
+        return result
+
     def cancel(self, run_id: str) -> bool:
         """Cancel a queued or running job; False if it is unknown here or already finished.
 

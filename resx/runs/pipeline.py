@@ -19,13 +19,14 @@ from ..core.config import RunConfig
 from ..core.data import Split, load_data
 from ..core.models import build_model, insert_block, new_block_parameter_names
 from ..core.records import Record, RecordSink, discard
+from ..core.train import (Evaluator, LossMemo, draw_population, per_sample_losses, resolve_device, risk,
+                          same_prefix, train)
 from ..core.weights import load_init_weights
-from ..core.train import Evaluator, LossMemo, draw_population, per_sample_losses, resolve_device, risk, train
 from ..theory.bounds import complexity, loss_bound, make_terms, tighter_route
 from ..theory.jumpboard import jump_margins, jumpboard_path
 from ..theory.kink import best_of_positions
 from ..theory.margins import descent_margins
-from .certify import certify
+from .certify import certificates, headline, not_certified
 
 log = logging.getLogger(__name__)
 
@@ -138,20 +139,82 @@ def run_pipeline(cfg: RunConfig, sink: RecordSink = discard, cancel: Optional[th
         return _finish(result | {"status": outcome.status, "message": outcome.message}, timings, out_dir, models)
     models["jumpboard"] = f_J
 
+    sharing = [old] + [m for m in (new, f_J) if same_prefix(old, m, cfg.position)]   # finetune="block"
+    for sample in (data.S, data.T, data.P, population):
+        if sample is not None and len(sharing) > 1:
+            losses.fill(sharing, cfg.position, sample.x, sample.y)   # the blocks before the insertion once
     for name, model in models.items():
         result[name if name != "jumpboard" else "f_J"] = risks_of(model, data, population, losses)
     lap("evaluate")
     result.update(guarantees(cfg, data, population, old, f_J, new, phi0, result, losses))
     result["expansion_beats_control"] = expansion_against_control(new, control, data, population, cfg.delta,
                                                                   losses)
+    final = {"old": old, "new": new, "control": control, "f_J": f_J}
+    result["headline"] = headline(final, data, population, losses)   # reuses the evaluate step's losses
     lap("terms_and_routes")
-    sink(Record("certify", 0, "", "progress", 0.0))   # headline, hold-out and PAC-Bayes certificates
-    result.update(certify(cfg, data, population, {"old": old, "new": new, "control": control, "f_J": f_J}, result,
-                          losses))
-    sink(Record("certify", 0, "", "progress", 1.0))
-    lap("certify")
+    if cfg.certify:
+        sink(Record("certify", 0, "", "progress", 0.0))   # hold-out and PAC-Bayes certificates
+        result["certificates"] = certificates(cfg, data, population, final, result, losses)
+        sink(Record("certify", 0, "", "progress", 1.0))
+        lap("certify")
+    else:
+        result["certificates"] = not_certified()
     result["status"] = "done"
     return _finish(result, timings, out_dir, models)
+
+
+def certify_saved_run(run_dir: Path, result: Optional[dict] = None) -> dict:
+    """The certify step for a finished run, from its folder (result.json and the four checkpoints):
+    the data and the population are drawn again from the run's seeds, the models loaded, nothing
+    trained but what the certificates themselves train (the PAC-Bayes split). The same numbers as
+    a run with certify=true. Writes the updated result.json; returns the result."""
+    run_dir = Path(run_dir)
+    if result is None:
+        try:
+            result = json.loads((run_dir / "result.json").read_text())
+        except (OSError, ValueError) as e:
+            raise CertifyError(f"{run_dir} holds no readable result.json ({e})") from None
+    if result.get("status") != "done":
+        raise CertifyError(f"only a finished run can be certified; this one is {result.get('status')!r}")
+    missing = [f"{name}.pt" for name in CHECKPOINTS if not (run_dir / f"{name}.pt").is_file()]
+    if missing:
+        raise CertifyError(f"{run_dir} lacks the checkpoints {missing}: the run kept none to certify from "
+                           "(run it again with certify=true)")
+    cfg = RunConfig.from_dict(result["config"])
+    start = time.perf_counter()
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)   # as run_pipeline: the same S, P, T and population
+    data = load_data(cfg, device)
+    population = draw_population(data, cfg.n_pop, seed=cfg.seed + 10_007)
+    models = {("f_J" if name == "jumpboard" else name):
+              load_checkpoint(run_dir, name, cfg, result["input_shape"], result["num_classes"]).to(device)
+              for name in CHECKPOINTS}
+    result = dict(result)
+    result["certificates"] = certificates(cfg, data, population, models, result, LossMemo())
+    result["timings"] = dict(result.get("timings") or {}) | {"certify": round(time.perf_counter() - start, 4)}
+    (run_dir / "result.json").write_text(json.dumps(finite_json(result), indent=2, default=_jsonable))
+    return result
+
+
+def certify_stored_run(store, run_id: str) -> dict:
+    """certify_saved_run for a run of the store (its folder is where its checkpoints were recorded);
+    the store gets the new result, and result.json as an artifact if the run had none."""
+    run = store.get_run(run_id)
+    if run is None:
+        raise CertifyError(f"no run {run_id!r} in the store at {store.path} (see 'runs list')")
+    artifacts = store.artifacts(run_id)
+    folders = [Path(a["path"]).parent for a in artifacts if a["name"] == "old.pt"]
+    if not folders:
+        raise CertifyError(f"run {run_id} kept no checkpoints to certify from (run it again with certify=true)")
+    result = certify_saved_run(folders[0], run["result"] or {"status": run["status"]})
+    store.set_result(run_id, result)
+    if not any(a["name"] == "result.json" for a in artifacts):
+        store.add_artifact(run_id, "result.json", folders[0] / "result.json")
+    return result
+
+
+class CertifyError(ValueError):
+    """A run cannot be certified later: not finished, or no checkpoints kept; says which."""
 
 
 def guarantees(cfg: RunConfig, data, population, old, f_J, new, phi0, result: dict,

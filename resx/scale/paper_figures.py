@@ -231,6 +231,8 @@ def settings_from_args(args) -> FigureSettings:
         changes["fig3_seeds"] = _csv_ints(args.seeds)
     if args.no_expand:
         changes["fig3_expand"] = False
+    if args.certify:
+        changes["base"] = settings.base.replace(certify=True)
     if changes:
         settings = replace(settings, **changes)
     return settings
@@ -276,6 +278,8 @@ def add_figures_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--widths", help="figure 3 grid widths, e.g. 4,8,16")
     p.add_argument("--seeds", help="figure 3 grid seeds, e.g. 0,1,2")
     p.add_argument("--no-expand", action="store_true", help="figure 3 from base models only (no pipeline)")
+    p.add_argument("--certify", action="store_true", help="run the certify step in every figure 3 cell (hold-out "
+                                                          "and PAC-Bayes certificates; off by default: minutes per cell)")
     p.add_argument("--seed", type=int, default=0, help="seed of the models of figures 1, 2 and observability")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=1,

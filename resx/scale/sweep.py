@@ -26,10 +26,12 @@ import os
 import re
 import socket
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Callable, Optional
 
 from ..core.config import ConfigError, RunConfig, build_config
@@ -63,6 +65,8 @@ class SweepSpec:
     ns: Optional[tuple[int, ...]] = None      # training sizes n (n_probe, n_test stay the base's)
     seeds: Optional[tuple[int, ...]] = None
     position_rule: str = "middle"             # one of POSITION_RULES
+    certify: bool = False                     # the certify step in every cell (minutes each); off: cells
+                                              # keep their checkpoints to be certified later
 
     def __post_init__(self):
         if not isinstance(self.base, RunConfig):
@@ -79,6 +83,8 @@ class SweepSpec:
             if len(set(value)) != len(value):
                 raise ConfigError(name, list(value), "a list without repeated values")
             object.__setattr__(self, name, value)
+        if not isinstance(self.certify, bool):
+            raise ConfigError("certify", self.certify, "true or false")
         if self.position_rule not in POSITION_RULES:
             raise ConfigError("position_rule", self.position_rule, f"one of {list(POSITION_RULES)}")
         size = len(self.depths) * len(self.widths) * len(self.ns) * len(self.seeds)
@@ -94,7 +100,7 @@ class SweepSpec:
             try:
                 blocks = depth if self.base.arch == "mlp" else 3 * depth
                 position = (blocks + 1) // 2 if self.position_rule == "middle" else self.base.position
-                out.append(self.base.replace(**values, position=position))
+                out.append(self.base.replace(**values, position=position, certify=self.certify))
             except ConfigError as e:
                 where = f"(in the cell depth={depth}, width={width}, n={n}, seed={seed})"
                 if e.field in values:
@@ -105,7 +111,8 @@ class SweepSpec:
 
     def to_dict(self) -> dict:
         return {"base": self.base.to_dict(), "depths": list(self.depths), "widths": list(self.widths),
-                "ns": list(self.ns), "seeds": list(self.seeds), "position_rule": self.position_rule}
+                "ns": list(self.ns), "seeds": list(self.seeds), "position_rule": self.position_rule,
+                "certify": self.certify}
 
     @classmethod
     def from_dict(cls, d: dict) -> "SweepSpec":
@@ -140,22 +147,29 @@ def check_sweep_id(sweep_id: str) -> str:
 # one cell, in a worker
 
 def run_cell(config: dict, cancel=None) -> dict:
-    """Run one cell's pipeline: {"cell": summary, "result": the pipeline result, "records": [tuples]}.
+    """Run one cell's pipeline: {"cell": summary, "result": the pipeline result, "records": [tuples],
+    "checkpoints": {file name: bytes}}. A cell that did not certify (certify=false, the sweep's
+    default) carries its four checkpoints, so that the store can certify it later without retraining.
 
     Never raises for a failing run: an exception becomes status "failed" with its type and message.
     `cancel` is anything with is_set() (a threading or multiprocessing Event), checked every batch.
     """
     from ..runs.pipeline import run_pipeline
     records: list[tuple] = []
+    checkpoints: dict[str, bytes] = {}
     start = time.perf_counter()
     try:
         cfg = RunConfig.from_dict(config)
-        result = run_pipeline(cfg, sink=lambda r: records.append(dataclasses.astuple(r)), cancel=cancel)
+        with tempfile.TemporaryDirectory(prefix="resx-cell-") as tmp:
+            result = run_pipeline(cfg, sink=lambda r: records.append(dataclasses.astuple(r)), cancel=cancel,
+                                  out_dir=None if cfg.certify else Path(tmp))
+            if not cfg.certify and result["status"] == "done":   # kept, to certify the cell later
+                checkpoints = {p.name: p.read_bytes() for p in sorted(Path(tmp).glob("*.pt"))}
     except Exception as e:  # a worker must report, not die: the sweep goes on
         log.exception("cell %s failed", config)
         result = {"config": config, "status": "failed", "message": f"{type(e).__name__}: {e}"}
     cell = summarize(result, seconds=time.perf_counter() - start)
-    return {"cell": cell, "result": result, "records": records}
+    return {"cell": cell, "result": result, "records": records, "checkpoints": checkpoints}
 
 
 def summarize(result: dict, seconds: Optional[float] = None) -> dict:
@@ -236,6 +250,8 @@ def run_sweep(spec: SweepSpec, executor: Executor, store=None, sweep_id: Optiona
             run_id = store.create_run(config, source="sweep", name=f"sweep:{sweep_id}")
             store.add_records(run_id, [Record(*r) for r in payload["records"]])
             store.set_result(run_id, result | {"cell": cell})
+            if payload.get("checkpoints"):
+                keep_checkpoints(store, run_id, payload["checkpoints"])
             status = result["status"] if result["status"] in ("done", "diverged", "cancelled") else "failed"
             store.set_status(run_id, status, result.get("message"))
             cell = cell | {"run_id": run_id}
@@ -247,6 +263,15 @@ def run_sweep(spec: SweepSpec, executor: Executor, store=None, sweep_id: Optiona
         executor.map(cell_fn, todo, ingest, cancel)
     found = stored | fresh
     return [found[k] for k in map(cell_key, cells) if k in found]
+
+
+def keep_checkpoints(store, run_id: str, checkpoints: dict[str, bytes]) -> None:
+    """Write a cell's checkpoints under the store's runs/<run id>/, as the Lab's runs keep theirs."""
+    folder = store.home / "runs" / run_id
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, blob in checkpoints.items():
+        (folder / name).write_bytes(blob)
+        store.add_artifact(run_id, name, folder / name)
 
 
 def write_csv(cells: list[dict], path) -> None:
@@ -277,8 +302,9 @@ def cmd_sweep(args) -> int:
     from ..runs.store import Store
 
     base = build_config(args.preset, args.config, args.set or [])
+    asked = args.certify or (base.certify and any(a.partition("=")[0] == "certify" for a in args.set or []))
     spec = SweepSpec(base, _int_list("--depths", args.depths), _int_list("--widths", args.widths),
-                     _int_list("--ns", args.ns), _int_list("--seeds", args.seeds), args.position_rule)
+                     _int_list("--ns", args.ns), _int_list("--seeds", args.seeds), args.position_rule, certify=asked)
     sweep_id = check_sweep_id(args.sweep_id or default_sweep_id(spec))
     if args.workers is not None and args.workers < 1:
         raise ConfigError("--workers", args.workers, "an integer >= 1")
@@ -325,6 +351,9 @@ def add_sweep_parser(subparsers) -> None:
     p.add_argument("--seeds", help="comma-separated seeds (default: the base's seed)")
     p.add_argument("--position-rule", default="middle", choices=POSITION_RULES,
                    help="insert at the middle position of each cell, or at the base's position everywhere")
+    p.add_argument("--certify", action="store_true",
+                   help="run the certify step in every cell (hold-out and PAC-Bayes certificates; minutes per "
+                        "cell). Without it, cells keep their checkpoints: `python -m resx certify RUN_ID` later")
     p.add_argument("--executor", default="local", choices=("local", "ray"))
     p.add_argument("--ray-address", help="a running Ray cluster: auto, host:port or ray://host:10001 "
                                          "(default: start a local one)")

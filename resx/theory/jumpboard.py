@@ -175,9 +175,19 @@ class JumpboardResult:
     note: str = ""                   # what eta* = 0 means, or why there is no direction
 
     def to_dict(self) -> dict:
-        """Everything but the model and the direction tensors (JSON-ready)."""
-        d = {k: v for k, v in self.__dict__.items() if k not in ("model", "direction")}
+        """Everything but the model and the direction tensors (JSON-ready). The risks at eta* are the
+        line search's own estimates, under `line_search` with names that say on what: L_P2 on the
+        half of P that chose eta*, L_pop on the points the curve was drawn on. They are not f_J's
+        risks (result.json's `f_J`: all of P, the whole population sample)."""
+        at = ("L_S", "L_P", "L_T", "L_pop", "L_pop_se")
+        d = {k: v for k, v in self.__dict__.items() if k not in ("model", "direction", *at)}
         d["quadratic_coef"] = list(self.quadratic_coef)
+        d["line_search"] = {"L_S_at_eta": self.L_S, "L_P2_at_eta": self.L_P, "L_T_at_eta": self.L_T,
+                            "L_pop_curve_at_eta": self.L_pop, "L_pop_curve_at_eta_se": self.L_pop_se,
+                            "about": "the line search's estimates at eta*: L_P2 on half P2 of the probe sample "
+                                     "(it chose eta*), L_pop_curve on the population points the curve is drawn "
+                                     "on (label-averaged where the task has label distributions); f_J's own "
+                                     "risks are result.json's f_J section"}
         return d
 
 
