@@ -260,3 +260,27 @@ def test_saved_weights_are_named_by_their_hash_and_nothing_invalid_is_kept(tmp_p
         save_weights(evil.getvalue(), tmp_path / "weights")
     assert sorted(p.name for p in (tmp_path / "weights").iterdir()) == [path.name]
     assert not (tmp_path / "ran").exists()
+
+
+@pytest.mark.parametrize("block", [BasicBlock, Bottleneck])
+def test_the_line_search_shortcut_matches_torchvisions_forward(block):
+    """The line search's stored-branch risks (tv_resnet.block_line) at eta equal torchvision's own
+    forward with the new block's last BatchNorm at eta d."""
+    from resx.core.train import StackedSplits
+    model = tiny(block, seed=12).eval()
+    view = as_blocks(model)
+    x, y = sample(16, 13)
+    f_new, _ = insert_block(view, 2, x, y, block=candidate_blocks(view, [2], x, 0)[2])
+    f_new.eval()
+    name = "bn3" if block is Bottleneck else "bn2"
+    bn = getattr(f_new.blocks[2], name)
+    g = torch.Generator().manual_seed(0)
+    d = {f"{name}.weight": torch.randn(bn.num_features, generator=g), f"{name}.bias": torch.randn(bn.num_features, generator=g)}
+    line = StackedSplits({"S": Split(x, y)}, fixed_until=(f_new, 2)).line(f_new, d)
+    assert line is not None
+    for eta in (0.05, 0.5):
+        with torch.no_grad():
+            bn.weight.copy_(eta * d[f"{name}.weight"])
+            bn.bias.copy_(eta * d[f"{name}.bias"])
+            direct = F.cross_entropy(f_new.to_torchvision(model).eval()(x), y).item()
+        assert line.risks(eta)["S"].loss == pytest.approx(direct, rel=1e-5)

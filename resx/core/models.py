@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import RunConfig
-from .tv_resnet import TORCHVISION_ARCHS, ResNetBlocks, last_norm, small_resnet
+from .tv_resnet import TORCHVISION_ARCHS, ResNetBlocks, last_norm, pre_norm_branch, small_resnet  # noqa: F401
 
 LN_EPS = 1e-6  # LayerNorm epsilon; a zero mlp block changes h by a factor 1/sqrt(1 - eps + eps) ~ eps/2
 
@@ -266,16 +266,6 @@ def live_parameter_names(model: nn.Module, position: int) -> tuple[str, ...]:
 
 def new_block_parameter_names(model: nn.Module, position: int) -> tuple[str, ...]:
     return tuple(f"{block_prefix(model, position)}.{name}" for name, _ in model.blocks[position].named_parameters())
-
-
-def pre_norm_branch(block: nn.Module, h: torch.Tensor) -> tuple[torch.Tensor, nn.Module]:
-    """(v, bn): the input of the BatchNorm that ends a conv block's residual branch, and that BN,
-    eval mode: conv2 relu(bn1 conv1 h) (BasicBlock, resx's or torchvision's) or
-    conv3 relu(bn2 conv2 relu(bn1 conv1 h)) (torchvision's Bottleneck). (n, C, H, W)"""
-    a = F.relu(block.bn1(block.conv1(h)))
-    if hasattr(block, "conv3"):
-        return block.conv3(F.relu(block.bn2(block.conv2(a)))), block.bn3
-    return block.conv2(a), block.bn2
 
 
 @torch.no_grad()

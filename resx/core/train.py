@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from .config import RunConfig
 from .data import Split, TaskData, iterate_batches
 from .models import FromPosition, activations_at, run_blocks
+from .tv_resnet import TVBasicBlock, TVBottleneck, block_line
 from .records import Record, RecordSink, discard
 
 log = logging.getLogger(__name__)
@@ -186,10 +187,11 @@ class StackedSplits:
 
     def line(self, model: nn.Module, direction: dict) -> Optional["StackedLine"]:
         """The risks along phi = eta d of the zero block at the stored position (blocks' `line`), or
-        None when the activations were not stored, (h, u) would not fit in PREFIX_BYTES, or the block
-        has no `line` (torchvision's blocks: every step then runs the block itself)."""
+        None when the activations were not stored or (h, u) would not fit in PREFIX_BYTES
+        (torchvision's blocks: tv_resnet.block_line)."""
+        block = model.blocks[self.position] if self.position is not None else None
         if (self.position is None or 2 * self.x.element_size() * self.x.numel() > PREFIX_BYTES
-                or not hasattr(model.blocks[self.position], "line")):
+                or not (hasattr(block, "line") or isinstance(block, (TVBasicBlock, TVBottleneck)))):
             return None
         return StackedLine(self, model, direction)
 
@@ -211,7 +213,8 @@ class StackedLine(nn.Module):
         was = block.training
         block.eval()
         with torch.no_grad():
-            parts = [block.line(samples.x[i:i + EVAL_BATCH], direction) for i in range(0, len(samples.x), EVAL_BATCH)]
+            line = block.line if hasattr(block, "line") else lambda h, d: block_line(block, h, d)
+            parts = [line(samples.x[i:i + EVAL_BATCH], direction) for i in range(0, len(samples.x), EVAL_BATCH)]
         block.train(was)
         self.samples, self.post = samples, parts[0][1]
         self.hu = torch.stack([samples.x, torch.cat([u for u, _ in parts])], 1)   # (n, 2, ...)

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import torchvision.models as tvm
 from torchvision.models.resnet import BasicBlock as TVBasicBlock
 from torchvision.models.resnet import Bottleneck as TVBottleneck
 
-__all__ = ["ResNetBlocks", "StageBlocks", "TVBasicBlock", "TVBottleneck", "last_norm", "small_resnet",
+__all__ = ["ResNetBlocks", "StageBlocks", "TVBasicBlock", "TVBottleneck", "block_line", "last_norm",
+           "pre_norm_branch", "small_resnet",
            "torchvision_small"]
 TORCHVISION_ARCHS = {"resnet18": tvm.resnet18, "resnet34": tvm.resnet34}
 STAGES = ("layer1", "layer2", "layer3", "layer4")
@@ -158,6 +160,30 @@ class ResNetBlocks(nn.Module):
         for name in ("conv1", "bn1", "relu", "maxpool") + STAGES + ("avgpool", "fc"):
             setattr(out, name, copy.deepcopy(getattr(self, name)))
         return out
+
+
+def pre_norm_branch(block: nn.Module, h: torch.Tensor) -> tuple[torch.Tensor, nn.Module]:
+    """(v, bn): the input of the BatchNorm that ends a conv block's residual branch, and that BN,
+    eval mode: conv2 relu(bn1 conv1 h) (BasicBlock, resx's or torchvision's) or
+    conv3 relu(bn2 conv2 relu(bn1 conv1 h)) (torchvision's Bottleneck). (n, C, H, W)"""
+    a = F.relu(block.bn1(block.conv1(h)))
+    if hasattr(block, "conv3"):
+        return block.conv3(F.relu(block.bn2(block.conv2(a)))), block.bn3
+    return block.conv2(a), block.bn2
+
+
+def block_line(block: nn.Module, h: torch.Tensor, direction: dict):
+    """resx's `BasicBlock.line` for a zero torchvision block: with the last BN's (weight, bias) at
+    eta d the block maps h to ReLU(h + eta u), u = d_weight zhat + d_bias, zhat the BN's input
+    normalised by its running statistics (eval mode, identity shortcut). A line search computes u
+    once; each step is then a ReLU, not the block's convolutions."""
+    if block.training or block.downsample is not None:
+        raise ValueError("block_line needs eval mode and an identity shortcut (an inserted block)")
+    v, bn = pre_norm_branch(block, h)
+    name = "bn3" if bn is getattr(block, "bn3", None) else "bn2"
+    zhat = (v - bn.running_mean[:, None, None]) / torch.sqrt(bn.running_var[:, None, None] + bn.eps)
+    d_w, d_b = direction[f"{name}.weight"], direction[f"{name}.bias"]
+    return zhat * d_w[:, None, None] + d_b[:, None, None], F.relu
 
 
 def last_norm(block: nn.Module) -> nn.Module:
