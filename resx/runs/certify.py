@@ -17,7 +17,7 @@ from ..core.data import Split, TaskData
 from ..core.models import build_model, insert_block
 from ..core.train import losses_of, per_sample_losses, train
 from ..theory.bounds import loss_bound
-from ..theory.certificates import certificate_from_losses, paired_difference, sample_losses
+from ..theory.certificates import certificate_from_losses, clip_level, paired_difference, sample_losses
 from ..theory.pacbayes import pac_bayes_block
 
 CERT_CHUNK = 16384        # points per chunk of the fresh certification sample (memory: images)
@@ -52,8 +52,8 @@ def certification_size(cfg: RunConfig, data: TaskData, population: Optional[Spli
     pilot_losses = {name: sample_losses(model, pilot, losses) for name, model in models.items()}
     predicted = {}
     for a, b, statement, _ in PAIRS:
-        cert = certificate_from_losses(pilot_losses[a], pilot_losses[b], each, (ranges[a]["c"], ranges[b]["c"]),
-                                       statement)
+        cert = certificate_from_losses(pilot_losses[a], pilot_losses[b], each, clip_level(ranges).range(a, b),
+                                       statement)   # the range the certificate will use (one level c* for resnet)
         predicted[statement] = cert.m_to_certify
     within = [m for m in predicted.values() if m is not None and m <= cfg.m_cert]
     m = min(cfg.m_cert, max(M_CERT_MIN, math.ceil(PILOT_MARGIN * max(within)) if within else M_CERT_MIN))
@@ -101,6 +101,7 @@ def holdout_certificates(cfg: RunConfig, data: TaskData, models: dict, populatio
     same mean L(f_b) - L(f_a) and a third of the labels' variance on demo-mlp (the bound's variance
     term; its range term is unchanged, THEORY.md 8b). Where c was measured (the clip can bind), labels."""
     ranges = {name: loss_bound(model, data.S.x, cfg.arch) for name, model in models.items()}
+    level = clip_level(ranges)   # one clip level c* where c was measured (resnet); none for mlp
     measured = any(r["B_h_measured"] for r in ranges.values())
     averaged = not measured and data.sampler is not None   # E[l | x] <= c too: the clip never binds
     size = certification_size(cfg, data, population, models, ranges, averaged, losses)
@@ -115,15 +116,13 @@ def holdout_certificates(cfg: RunConfig, data: TaskData, models: dict, populatio
     each = cfg.delta / len(PAIRS)
     pairs = []
     for a, b, statement, who in PAIRS:
-        cert = certificate_from_losses(per_sample[a], per_sample[b], each, (ranges[a]["c"], ranges[b]["c"]),
-                                       statement)
+        cert = certificate_from_losses(per_sample[a], per_sample[b], each, level.range(a, b),
+                                       level.statement(statement), level.loss, level.clip)
         pairs.append(cert.to_dict() | {"a": a, "b": b, "model": f"{who} (deterministic)"})
     return {"sample": where, "label_averaged": averaged, "m": int(len(per_sample["old"])), "size": size,
             "delta": cfg.delta, "delta_each": each,
             "loss_range": {name: r["c"] for name, r in ranges.items()}, "range_measured": measured,
-            "range_note": ("c bounds every loss on every input (mlp: ||h|| <= sqrt(w) after the last "
-                           "LayerNorm), so the claim is about the loss itself" if not measured else
-                           "c uses B_h measured on S: the claim is about the loss clipped at c, min(l, c)"),
+            "clip_level": level.clip, "range_note": level.note,
             "pairs": pairs}
 
 

@@ -2,10 +2,12 @@
 
 For two models fixed without looking at a sample A (the test sample T, or on synthetic tasks a
 fresh draw of `m_cert` points), the per-sample differences D_i = l(f_b(x_i), y_i) - l(f_a(x_i), y_i)
-are i.i.d. with mean L(f_b) - L(f_a). Their range is fixed before A: each loss is clipped to
-[0, c] with c the a-priori loss range (for mlp c bounds every loss on every input, so the clip
-never binds and the claim is about the loss itself; where c was measured, the claim is about the
-clipped loss min(l, c), and the number of clipped points is reported). Then D lies in [-c_a, c_b].
+are i.i.d. with mean L(f_b) - L(f_a). Their range is fixed before A (`clip_level`): for mlp each
+model's c bounds every loss on every input, so nothing is clipped, D lies in [-c_a, c_b] and the
+claim is about the loss itself; where c was measured (resnet: B_h on S) one level c*, the largest
+of the run's models' c, clips every loss of every pair, so D = min(l_b, c*) - min(l_a, c*) lies in
+[-c*, c*] and the claim is about one loss, L_{c*}(f) = E min(l(f(x), y), c*): "L_{c*}(f_b) <
+L_{c*}(f_a)" (two levels would make D a difference of no single loss). Clipped points are counted.
 
 The upper confidence bound is Maurer and Pontil's empirical Bernstein bound (2009, Theorem 4):
 for X_i i.i.d. in [0, 1], with probability >= 1 - delta,
@@ -14,7 +16,8 @@ V the unbiased sample variance. Rescaled to D in [lo, hi] (R = hi - lo):
     UCB = mean(D) + sqrt(2 var(D) ln(2/delta) / m) + 7 R ln(2/delta) / (3 (m - 1)).
 It adapts to the variance of D (small for two near-equal networks); the range enters only at
 order R/m. "Certified" means UCB < 0. A family of k pairs at level delta uses delta/k per pair
-(union bound), so all k statements hold together with probability >= 1 - delta.
+(union bound), so all k statements hold together with probability >= 1 - delta. A finite-sample
+bound: it holds at every m >= 2, no normal approximation.
 """
 from __future__ import annotations
 
@@ -87,15 +90,20 @@ class HoldoutCertificate:
     clipped_a: int          # points whose loss under f_a exceeded its range (0 when c is a true sup)
     clipped_b: int
     method: str = "empirical Bernstein (Maurer-Pontil 2009, Thm 4)"
+    loss: str = "l, the cross-entropy itself"   # which loss the statement is about
+    clip: Optional[float] = None   # the one clip level c* (None: nothing clipped, c bounds every loss)
+    guarantee: str = "finite-sample"
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
 def certificate_from_losses(l_a: torch.Tensor, l_b: torch.Tensor, delta: float,
-                            loss_range: Union[float, tuple[float, float]], statement: str = "L(f_b) < L(f_a)"
+                            loss_range: Union[float, tuple[float, float]], statement: str = "L(f_b) < L(f_a)",
+                            loss: str = "l, the cross-entropy itself", clip: Optional[float] = None
                             ) -> HoldoutCertificate:
-    """The certificate from per-sample losses of f_a and f_b on one sample (paired by index)."""
+    """The certificate from per-sample losses of f_a and f_b on one sample (paired by index);
+    `loss`/`clip` say which loss the statement is about (`ClipLevel.loss`, `ClipLevel.clip`)."""
     c_a, c_b = (loss_range, loss_range) if np.isscalar(loss_range) else loss_range
     c_a, c_b = float(c_a), float(c_b)
     if not (c_a > 0 and c_b > 0 and math.isfinite(c_a) and math.isfinite(c_b)):
@@ -112,7 +120,43 @@ def certificate_from_losses(l_a: torch.Tensor, l_b: torch.Tensor, delta: float,
     return HoldoutCertificate(statement=statement, mean=float(D.mean()), se=float(math.sqrt(var / m)),
                               ucb=float(ucb), certified=bool(ucb < 0.0), m=int(m),
                               m_to_certify=m_to_certify(float(D.mean()), float(var), delta, c_a + c_b),
-                              delta=float(delta), lo=-c_a, hi=c_b, clipped_a=clipped_a, clipped_b=clipped_b)
+                              delta=float(delta), lo=-c_a, hi=c_b, clipped_a=clipped_a, clipped_b=clipped_b,
+                              loss=loss, clip=clip)
+
+
+@dataclass(frozen=True)
+class ClipLevel:
+    """The hold-out differences' range, fixed before the certification sample (module docstring).
+    clip None: each model's own c bounds every loss (mlp); else the one level c* for every pair."""
+    c: dict                  # {model name: its loss range c}
+    clip: Optional[float]
+    loss: str                # which loss every statement is about
+    note: str                # the same, for the screen
+
+    def range(self, a: str, b: str) -> tuple[float, float]:
+        """(c_a, c_b) for the pair (f_a, f_b): D in [-c_a, c_b]; (c*, c*) under one clip level."""
+        return (self.c[a], self.c[b]) if self.clip is None else (self.clip, self.clip)
+
+    def statement(self, statement: str) -> str:
+        """"L(f_J) < L(f_old)" as the claim this level makes: "L_{c*}(f_J) < L_{c*}(f_old)" when clipped."""
+        return statement if self.clip is None else statement.replace("L(", "L_{c*}(")
+
+
+def clip_level(ranges: dict) -> ClipLevel:
+    """From each model's `loss_bound` dict (computed from the weights and S, before the sample):
+    no clip when every c is a true sup (mlp); else c* = the largest c, one level for every pair
+    (resnet: B_h measured on S, so a loss can exceed its c and each model's own clip would make
+    D a difference of two different losses)."""
+    c = {name: float(r["c"]) for name, r in ranges.items()}
+    if not any(r["B_h_measured"] for r in ranges.values()):
+        return ClipLevel(c, None, "l, the cross-entropy itself",
+                         "c bounds every loss on every input (mlp: ||h|| <= sqrt(w) after the last LayerNorm), "
+                         "so nothing is clipped and the claim is about the loss itself")
+    star = max(c.values())
+    return ClipLevel(c, star, f"min(l, c*), the cross-entropy clipped at c* = {star:.6g}",
+                     f"c uses B_h measured on S, so a loss can exceed it: every loss of every pair is clipped at "
+                     f"one level c* = {star:.6g} (the largest model's c, fixed before the sample), D lies in "
+                     f"[-c*, c*], and each claim is about the clipped loss L_{{c*}}(f) = E min(l, c*)")
 
 
 def sample_losses(model: torch.nn.Module, sample: Union[Split, Iterable[Split]],
