@@ -2,6 +2,7 @@
 import copy
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -114,24 +115,48 @@ def test_tighter_route_is_the_smaller_bound():
 
 
 def test_representational_gain_prefers_the_population_margin():
-    """Delta_R is used when known; otherwise Delta_R^T minus its Hoeffding half-width."""
-    assert representational_gain(0.3, 0.5, 0.1) == (0.3, "population")
-    value, source = representational_gain(None, 0.5, 0.1)
-    assert value == pytest.approx(0.4) and source == "test-side lower bound"
+    """The population margin's lower bound is used when there is one; without it the Monte Carlo
+    mean is used as if exact (make_terms labels it a heuristic); real data needs T's lower bound."""
+    assert representational_gain(0.3, 0.5, 0.25, 0.4)[0] == 0.25
+    value, source = representational_gain(0.3, 0.5)
+    assert value == 0.3 and "as if exact" in source
+    value, source = representational_gain(None, 0.5, None, 0.4)
+    assert value == 0.4 and source.startswith("test-side lower bound")
     with pytest.raises(ValueError):
-        representational_gain(None, 0.5, None)
+        representational_gain(None, 0.5, None, None)
 
 
 # ---------------------------------------------------------------------------------------------
 # eps, vacuity, n_nonvacuous
 
 def test_a_monte_carlo_delta_r_within_its_error_certifies_nothing():
-    """Review I7: Delta_R = 3e-3 with a Monte Carlo se of 2e-3 against a cost of 2e-3: the point estimate would certify strict improvement; with its se the gain used is below the cost and below Delta_R, so route B certifies nothing. With a negligible se the verdict returns."""
-    used, source = representational_gain(3e-3, None, None, Delta_R_se=2e-3, delta=0.05)
-    assert used < 2e-3 < 3e-3 and "lower bound" in source
-    assert route_b(1.0, used, 0.0, 5e-4, 5e-4).verdict == "not_certified"
-    sharp, _ = representational_gain(3e-3, None, None, Delta_R_se=1e-6, delta=0.05)
-    assert route_b(1.0, sharp, 0.0, 5e-4, 5e-4).verdict == "strict"
+    """Review I7: Delta_R = 3e-3 on 4096 population points with sd 0.1 (se 1.6e-3) against a cost
+    of 2e-3: the point estimate would certify strict improvement; its finite-sample lower bound
+    (empirical Bernstein at delta/3, through jump_margins' own code path) is below the cost, so
+    route B certifies nothing. The same mean with sd 1e-4 on 2^20 points certifies."""
+    from resx.theory.certificates import eb_upper
+    g = np.random.default_rng(0)
+    for sd, m, verdict in ((0.1, 4096, "not_certified"), (1e-4, 1 << 20, "strict")):
+        e = 3e-3 + sd * g.standard_normal(m)
+        lower = -eb_upper(-e, bounds.route_share(0.05), -1.0, 1.0)
+        assert lower < 3e-3
+        assert route_b(1.0, lower, 0.0, 5e-4, 5e-4).verdict == verdict
+        assert route_b(1.0, 3e-3, 0.0, 5e-4, 5e-4).verdict == "strict"
+
+
+def test_route_levels_add_up_to_delta():
+    """Each route is three events at delta/3 (theory.md 8): eps_M - R is 1.5 McDiarmid widths at
+    tail delta/9 (three at delta/9 make delta/3), Hoeffding for f_J one width at delta/3, and the
+    Delta_R lower bound (jump_margins) at delta/3: together delta. Widths by bisection on the tail."""
+    R, c, n, d = 0.7, 3.0, 500, 0.05
+    M = ComplexityTerm("grs", "", R, n, ())
+    t = make_terms(M=M, K=M, c=c, delta=d, Delta_ERM=0.0, Delta_R=0.01, Delta_R_lower=0.005)
+    assert t.eps_M - R == pytest.approx(1.5 * _mcdiarmid_width(c, n, d / 9), rel=1e-9)
+    assert t.hoeffding == pytest.approx(_mcdiarmid_width(c, n, d / 3), rel=1e-9)
+    assert 3 * t.delta_each == pytest.approx(d) and t.Delta_R_used == 0.005
+    ra, rb = t.routes(2.0)
+    for r in (ra, rb):
+        assert "delta/3" in r.level and r.level.startswith("1 - delta = 0.95") and r.guarantee == "finite-sample"
 
 
 def _mcdiarmid_width(c, n, tail):
@@ -156,7 +181,7 @@ def test_epsilon_pays_three_mcdiarmid_events_and_the_grid(log_grid):
 
 
 def test_budget_grid_rounds_up_and_its_prior_sums_to_one():
-    """Each budget is rounded up by less than gamma, and the prior over grid indices sums to 1."""
+    """Each budget is rounded up by less than gamma, and the prior over grid indices and the zero cell sums to 1."""
     gamma = math.exp(1 / 7)
     values = [0.013, 1.0, 2.5, 77.0, 1e4]
     ratios, price = bounds.budget_grid(values, gamma)
@@ -165,8 +190,11 @@ def test_budget_grid_rounds_up_and_its_prior_sums_to_one():
         k = round(math.log(v * r) / math.log(gamma))
         assert v * r == pytest.approx(gamma ** k, rel=1e-9)
     mass = sum(1 / (bounds.GRID_MASS * (abs(k) + 1) * (abs(k) + 2)) for k in range(-100_000, 100_001))
-    assert mass == pytest.approx(1.0, abs=1e-4)
+    assert mass + bounds.ZERO_MASS == pytest.approx(1.0, abs=1e-4)     # Z and the zero cell together
     assert price > 0
+    # a zero budget is a cell of its own (review: it was free while the prior over Z already summed to 1)
+    _, with_zero = bounds.budget_grid(values + [0.0], gamma)
+    assert with_zero - price == pytest.approx(math.log(4.0), rel=1e-12)
 
 
 @pytest.mark.parametrize("R, n", [(5.0, 100), (0.01, 10_000), (120.0, 2000)])

@@ -102,13 +102,17 @@ def test_with_label_distributions_the_curve_draws_the_label_averaged_loss_on_a_s
 
 
 def test_jump_margins_are_paired_differences_with_a_hoeffding_interval(setting):
-    """A jump to the same function has zero margins and zero paired stderr; the Hoeffding half-width is 2c sqrt(log(2/delta)/(2m)) and real data gives Delta_R = None."""
+    """A jump to the same function has zero margins and zero paired stderr; the Hoeffding half-width is 2c sqrt(log(2/delta)/(2m)), the routes' lower bounds are empirical Bernstein at delta/3, and real data gives Delta_R = None."""
     model, _, _, _, s, _ = setting
     same = jump_margins(model, model, s["T"], s["pop"], delta=0.05, loss_bound=3.0)
     assert same["Delta_R"] == 0 and same["Delta_R_se"] == 0 and same["Delta_R_T"] == 0
     m = len(s["T"])
     assert same["Delta_R_T_hoeffding"] == pytest.approx(2 * 3.0 * math.sqrt(math.log(2 / 0.05) / (2 * m)))
-    assert same["Delta_R_T_lower"] == pytest.approx(-same["Delta_R_T_hoeffding"])
+    # the routes' lower bounds: empirical Bernstein at delta/3 with D = 0 on every point is its range
+    # term alone, 7 R ln(2/delta') / (3 (m - 1)) with R = 2c = 6 and delta' = 0.05/3
+    for key, size in (("Delta_R_T_lower", m), ("Delta_R_lower", len(s["pop"]))):
+        assert same[key] == pytest.approx(-7 * 6.0 * math.log(2 / (0.05 / 3)) / (3 * (size - 1)), rel=1e-12)
+    assert same["Delta_R_lower_delta"] == pytest.approx(0.05 / 3)
     real = jump_margins(model, model, s["T"], None, delta=0.05)
     assert real["Delta_R"] is None and real["Delta_R_T_hoeffding"] is None
 

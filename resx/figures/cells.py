@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+from ..theory.kink import best_of_margin_dicts, z_of
 from . import paper as fp
 from .allocation import fit_allocation
 
@@ -22,7 +23,10 @@ def cell_from_result(result: dict) -> dict:
     real data (`test_risk` names which; L_S_*, L_T_*, L_pop_* are all kept);
     predicted_improvement = Delta_R + Delta_ERM (the gain before the generalization terms);
     certified_improvement_A/B = L(f_old) - the route's bound (> 0 iff the route certifies a strict
-    improvement); inserted_* at the inserted position; best_kappa2_U_lcb over all positions.
+    improvement); inserted_* at the inserted position. best_position, best_observed: the corrected
+    descent test over positions (theory.md 4b; each of K positions at delta/K, Bonferroni, as
+    `descent_best_position`; an asymptotic z-bound), with best_kappa2_U_lcb U_P's bound there (shown);
+    positions_observed: how many positions pass that corrected descent test.
     """
     cfg = result["config"]
     cell = {"depth": cfg["depth"], "width": cfg["width"], "n": cfg["n"], "seed": cfg["seed"],
@@ -50,11 +54,20 @@ def cell_from_result(result: dict) -> dict:
     if at:
         cell.update(inserted_observed=at[0]["observed"], inserted_kappa2_U=at[0]["kappa2_U"],
                     inserted_kappa2_U_lcb=at[0]["kappa2_U_lcb"])
-    if margins:
-        best = max(margins, key=lambda m: m["kappa2_U_lcb"])
-        cell.update(best_position=best["position"], best_kappa2_U_lcb=best["kappa2_U_lcb"],
-                    best_observed=best["observed"], positions_observed=sum(bool(m["observed"]) for m in margins))
+    pick = result.get("descent_best_position") or (best_of_margin_dicts(result["margins"], cfg["delta"])
+                                                   if result.get("margins") else None)
+    if pick and pick.get("position") is not None:
+        best = next((m for m in margins if m["position"] == pick["position"]), {})
+        z = z_of(pick["delta_each"])
+        cell.update(best_position=pick["position"], best_kappa2_U_lcb=best.get("kappa2_U_lcb"),
+                    best_observed=bool(pick["observable"]), best_slope_ucb=pick["ucb"],
+                    positions_observed=sum(m["slope_cross"] + z * m["slope_cross_se"] < 0 for m in result["margins"]
+                                           if _finite(m.get("slope_cross")) and _finite(m.get("slope_cross_se"))))
     return cell
+
+
+def _finite(v) -> bool:
+    return v is not None and v == v and abs(v) != float("inf")
 
 
 def check_cells(cells: Sequence[dict]) -> list[dict]:

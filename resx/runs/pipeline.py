@@ -226,9 +226,10 @@ def guarantees(cfg: RunConfig, data, population, old, f_J, new, phi0, result: di
     K = complexity(f_J, data.S.x, bound=cfg.bound, reference=phi0, new_block_position=cfg.position)
     r_new, r_J = result["new"], result["f_J"]
     terms = make_terms(M=M, K=K, c=c, delta=cfg.delta, Delta_ERM=r_J["L_S"] - r_new["L_S"],
-                       Delta_R=jump["Delta_R"], Delta_R_T=jump["Delta_R_T"],
-                       hoeffding_T=jump["Delta_R_T_hoeffding"], gap_new=abs(r_new["L_T"] - r_new["L_S"]),
-                       gap_J=abs(r_J["L_T"] - r_J["L_S"]), n=cfg.n, Delta_R_se=jump["Delta_R_se"])
+                       Delta_R=jump["Delta_R"], Delta_R_T=jump["Delta_R_T"], Delta_R_lower=jump["Delta_R_lower"],
+                       Delta_R_T_lower=jump["Delta_R_T_lower"],
+                       Delta_R_clipped=jump["Delta_R_clipped" if population is not None else "Delta_R_T_clipped"],
+                       gap_new=abs(r_new["L_T"] - r_new["L_S"]), gap_J=abs(r_J["L_T"] - r_J["L_S"]), n=cfg.n)
     L_old = result["old"]["L_pop"] if population is not None else result["old"]["L_T"]
     route_A, route_B = terms.routes(L_old)
     tighter, reason = tighter_route(route_A, route_B)

@@ -37,6 +37,7 @@ from typing import Callable, Optional
 from ..core.config import ConfigError, RunConfig, build_config
 from ..core.records import Record
 from ..runs.jobs import Cancelled
+from ..theory.kink import best_of_margin_dicts
 from .executors import CellFn, Executor, LocalExecutor, RayExecutor  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ CELL_COLUMNS = (
     "L_pop_old", "L_pop_new", "L_pop_control", "L_T_old", "L_T_new", "L_T_control",
     "L_S_old", "L_S_new", "L_S_control",
     "best_position", "best_kappa2_U", "best_kappa2_U_se", "best_kappa2_U_lcb", "best_sign", "best_observed",
+    "best_slope", "best_slope_ucb", "best_delta_each",
     "inserted_kappa2_U_lcb", "inserted_observed",
     "route_A_bound", "route_A_verdict", "route_B_bound", "route_B_verdict", "tighter_route",
     "beats_control", "beats_difference", "seconds", "worker", "run_id", "config")
@@ -176,8 +178,12 @@ def summarize(result: dict, seconds: Optional[float] = None) -> dict:
     """The cell summary (one CSV row) from a pipeline result; missing numbers are None.
 
     test_loss is figure 3's test loss: the population risk L_pop for synthetic tasks, L_T for real
-    data (test_risk names which). best_*: the position with the largest lower confidence bound of
-    U_P (theory.md 4); best_sign is the sign of U_P there, best_observed whether its LCB is above 0.
+    data (test_risk names which). best_*: the corrected descent test over positions (theory.md 4b,
+    `kink.best_of_positions`): best_position has the least upper confidence bound of its one-sided
+    slope D_P2(d_hat) with each of the K positions at delta/K (Bonferroni; best_delta_each), and
+    best_observed says whether that bound is below 0 ("descent observable" for the pick, an
+    asymptotic z-bound; on a resnet not "gradient nonzero"). best_slope, best_slope_ucb: the slope
+    and its corrected bound; best_kappa2_U*, best_sign: U_P and its sign at that position (shown).
     """
     cfg = result["config"]
     cell: dict = {c: None for c in CELL_COLUMNS}
@@ -193,11 +199,15 @@ def summarize(result: dict, seconds: Optional[float] = None) -> dict:
             cell[f"{name}_{model}"] = risks.get(name)
         cell[f"test_loss_{model}"] = risks.get(cell["test_risk"]) if cell["test_risk"] else None
     margins = [m for m in result.get("margins") or [] if m["kappa2_U_lcb"] == m["kappa2_U_lcb"]]  # drop NaN
-    if margins:
-        best = max(margins, key=lambda m: m["kappa2_U_lcb"])
-        cell.update(best_position=best["position"], best_kappa2_U=best["kappa2_U"],
-                    best_kappa2_U_se=best["kappa2_U_se"], best_kappa2_U_lcb=best["kappa2_U_lcb"],
-                    best_sign=(best["kappa2_U"] > 0) - (best["kappa2_U"] < 0), best_observed=best["observed"])
+    pick = result.get("descent_best_position") or (best_of_margin_dicts(result["margins"], cfg["delta"])
+                                                   if result.get("margins") else None)
+    if pick and pick.get("position") is not None:
+        best = next((m for m in margins if m["position"] == pick["position"]), None) or {}
+        U = best.get("kappa2_U")
+        cell.update(best_position=pick["position"], best_observed=bool(pick["observable"]),
+                    best_slope=best.get("slope_cross"), best_slope_ucb=pick["ucb"], best_delta_each=pick["delta_each"],
+                    best_kappa2_U=U, best_kappa2_U_se=best.get("kappa2_U_se"), best_kappa2_U_lcb=best.get("kappa2_U_lcb"),
+                    best_sign=None if U is None else (U > 0) - (U < 0))
         inserted = next((m for m in margins if m["position"] == cfg["position"]), None)
         if inserted:
             cell.update(inserted_kappa2_U_lcb=inserted["kappa2_U_lcb"], inserted_observed=inserted["observed"])

@@ -21,8 +21,8 @@ route with any such step is never "certified": its verdict is "not_certified" an
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
 
@@ -117,19 +117,22 @@ class ComplexityTerm:
         return d
 
 
-GRID_MASS = 1.5   # sum over k in Z of 1/((|k| + 1)(|k| + 2))
+GRID_MASS = 2.0   # sum over k in Z of 1/((|k| + 1)(|k| + 2)) = 1.5, plus 1/2 reserved for the zero budget
+ZERO_MASS = 0.25  # pi(zero) = (1/2) / GRID_MASS: a budget that is exactly 0 (eta* = 0, W2 = 0) is a cell too
 
 
 def budget_grid(values, gamma: float) -> tuple[list[float], float]:
     """Round each budget up to the grid gamma^k (k in Z, fixed before S) and price the union bound.
 
     Returns (ratios rounded/actual, each in [1, gamma)), and sum_l log(1/pi(k_l)) with the prior
-    pi(k) = 1/(1.5 (|k| + 1)(|k| + 2)) (sums to 1 over Z). A zero budget costs nothing (k = -inf is
-    not needed: the class with budget 0 is inside every other)."""
+    pi(k) = 1/(2 (|k| + 1)(|k| + 2)) over Z and pi(zero) = 1/4 for a budget that is exactly 0: the
+    zero class is one more cell of the union bound (its eps is a different event), so its mass is
+    reserved and the prior over Z u {zero} sums to 1."""
     ratios, log_price = [], 0.0
     for v in values:
         if v <= 0.0:
             ratios.append(1.0)
+            log_price += math.log(1.0 / ZERO_MASS)
             continue
         k = math.ceil(math.log(v) / math.log(gamma) - 1e-12)
         ratios.append(max(1.0, gamma ** k / v))
@@ -148,6 +151,8 @@ HEURISTIC = {
     "X_i": "BFT's layer inputs X_i are measured at this model on S, not bounded over the class (review I3)",
     "reference": "BFT's reference is f_old, which was trained on S; the theorem needs it fixed before S (review I3)",
     "c_class": "the loss range c uses this model's head norms, not a sup over the class (review I8)",
+    "bias_aug": "biases enter by augmentation ([W b] against an input with a constant coordinate), but the "
+                "constant coordinate is not propagated through the layers: not a theorem (review, bias NOTE)",
 }
 
 
@@ -221,8 +226,8 @@ def complexity(model: nn.Module, x_S: torch.Tensor, *, bound: str = "grs", refer
                        "R_F_j": R_j, "x_rms_aug": net.x_rms_aug, "gamma": gamma, "budgets": len(stage_budgets)
                        + len(head_rows), "R_unrounded": CONTRACTION * sum(R_j)})
         layers.append({"name": "head", "kind": "head", "grs": sum(head_rows), "note": "sum_j ||[w_j, b_j]||"})
-        heuristic = ((HEURISTIC["ln_peel"], HEURISTIC["v_min"], HEURISTIC["c_class"]) if is_mlp else
-                     (HEURISTIC["relu_peel"], HEURISTIC["B_h"]))
+        heuristic = ((HEURISTIC["ln_peel"], HEURISTIC["v_min"], HEURISTIC["c_class"], HEURISTIC["bias_aug"]) if is_mlp
+                     else (HEURISTIC["relu_peel"], HEURISTIC["B_h"], HEURISTIC["c_class"], HEURISTIC["bias_aug"]))
         return ComplexityTerm("grs", CITATIONS["grs"] + "; " + CITATIONS["maurer"], R, n_eff, tuple(layers),
                               inputs, rho, factor, log_stage + log_head, heuristic)
 
@@ -254,7 +259,7 @@ def complexity(model: nn.Module, x_S: torch.Tensor, *, bound: str = "grs", refer
     layers.append({"name": "head", "kind": "head", "dist21": sum(head_dist), "x_rms": x_head / math.sqrt(net.n),
                    "note": "sum_j ||[w_j, b_j] - [m_j, b0_j]||"})
     heuristic = (HEURISTIC["X_i"],) + ((HEURISTIC["reference"],) if reference is not None else ()) + \
-        ((HEURISTIC["v_min"], HEURISTIC["c_class"]) if is_mlp else (HEURISTIC["B_h"],))
+        ((HEURISTIC["v_min"], HEURISTIC["c_class"]) if is_mlp else (HEURISTIC["B_h"], HEURISTIC["c_class"]))
     return ComplexityTerm("bft", CITATIONS["bft"] + "; " + CITATIONS["maurer"], R, n_eff, tuple(layers),
                           inputs, rho, factor, log_grid, heuristic)
 
@@ -340,24 +345,30 @@ def n_nonvacuous(R: float, c: float, n: float, delta: float,
     return math.exp(hi)
 
 
+ROUTE_EVENTS = 3   # each route is a union of three events: two deviation steps and the Delta_R lower bound
+
+
+def route_share(delta: float) -> float:
+    """delta / 3: each of a route's three events (B: eps_M, eps_K, Delta_R; A: eps_M, Hoeffding for
+    f_J, Delta_R) fails with probability at most this, so the route holds at 1 - delta (union bound)."""
+    return delta / ROUTE_EVENTS
+
+
 def representational_gain(Delta_R: Optional[float], Delta_R_T: Optional[float],
-                          hoeffding_T: Optional[float], Delta_R_se: Optional[float] = None,
-                          delta: float = 0.05) -> tuple[float, str]:
-    """The Delta_R the routes use (theory.md 8): the population jump margin when there is one
-    (synthetic tasks), else Delta_R^T minus its Hoeffding half-width on T, hoeffding(2c, m, delta)
-    (the paired per-sample difference lies in [-c, c]). Returns (value, source).
-    The population Delta_R is a Monte Carlo mean on n_pop points: with its paired standard error
-    the routes use Delta_R - z_{1-delta} se, a one-sided lower confidence bound (normal
-    approximation; review I7). Either lower bound adds its delta to the guarantee's failure probability.
-    """
+                          Delta_R_lower: Optional[float] = None,
+                          Delta_R_T_lower: Optional[float] = None) -> tuple[float, str]:
+    """The Delta_R the routes use (theory.md 8): a finite-sample lower confidence bound at the
+    route's share delta/3, empirical Bernstein on the paired differences (`jump_margins`): on the
+    population sample where there is one (synthetic tasks), else on T (real data). A population
+    Delta_R without its lower bound is used as if exact (labelled a heuristic by `make_terms`).
+    Returns (value, source)."""
     if Delta_R is not None:
-        if Delta_R_se is not None and math.isfinite(Delta_R_se):
-            z = statistics.NormalDist().inv_cdf(1.0 - delta)
-            return float(Delta_R) - z * float(Delta_R_se), "population lower bound (Monte Carlo)"
-        return float(Delta_R), "population"
-    if Delta_R_T is None or hoeffding_T is None:
-        raise ValueError("Delta_R is None (real data): Delta_R_T and hoeffding_T are both needed")
-    return float(Delta_R_T) - float(hoeffding_T), "test-side lower bound"
+        if Delta_R_lower is not None and math.isfinite(Delta_R_lower):
+            return float(Delta_R_lower), "population lower bound (empirical Bernstein on the Monte Carlo sample, delta/3)"
+        return float(Delta_R), "population (Monte Carlo estimate, used as if exact)"
+    if Delta_R_T_lower is None:
+        raise ValueError("Delta_R is None (real data): Delta_R_T_lower, the test-side lower bound, is needed")
+    return float(Delta_R_T_lower), "test-side lower bound (empirical Bernstein on T, delta/3)"
 
 
 @dataclass(frozen=True)
@@ -372,7 +383,7 @@ class Terms:
     R_K: float                      # complexity of K (budgets at f_J)
     eps_M: float
     eps_K: float
-    hoeffding: float                # c sqrt(log(2/delta)/(2n)) for f_J
+    hoeffding: float                # c sqrt(log(1/(delta/3))/(2n)) for f_J: one-sided at delta/3
     c: float
     delta: float
     n: int
@@ -386,12 +397,19 @@ class Terms:
     heuristic: tuple = ()            # steps of eps_M, eps_K (and Delta_R) that are not theorems here
     log_grid_M: float = 0.0          # the budgets' union-bound price inside eps_M, eps_K
     log_grid_K: float = 0.0
+    delta_each: float = 0.0          # route_share(delta): each of a route's three events
 
     def routes(self, L_old: float) -> tuple["Route", "Route"]:
-        """(route A, route B) at L(f_old) = L_old (or its proxy)."""
-        return (route_a(L_old, self.Delta_R_used, self.Delta_ERM, self.eps_M, self.hoeffding,
-                        heuristic=self.heuristic + (ROUTE_A_HEURISTIC,)),
-                route_b(L_old, self.Delta_R_used, self.Delta_ERM, self.eps_M, self.eps_K, heuristic=self.heuristic))
+        """(route A, route B) at L(f_old) = L_old (or its proxy), each stated at its level."""
+        each = f"{self.delta_each:.4g}"
+        level = f"1 - delta = {1 - self.delta:g}"
+        a = route_a(L_old, self.Delta_R_used, self.Delta_ERM, self.eps_M, self.hoeffding,
+                    heuristic=self.heuristic + (ROUTE_A_HEURISTIC,))
+        b = route_b(L_old, self.Delta_R_used, self.Delta_ERM, self.eps_M, self.eps_K, heuristic=self.heuristic)
+        return (dataclasses.replace(a, level=f"{level}: eps_M, Hoeffding for f_J and the Delta_R lower bound at "
+                                             f"delta/3 = {each} each (union bound)"),
+                dataclasses.replace(b, level=f"{level}: eps_M, eps_K and the Delta_R lower bound at "
+                                             f"delta/3 = {each} each (union bound)"))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -399,23 +417,30 @@ class Terms:
 
 def make_terms(*, M: ComplexityTerm, K: ComplexityTerm, c: float, delta: float, Delta_ERM: float,
                Delta_R: Optional[float] = None, Delta_R_T: Optional[float] = None,
-               hoeffding_T: Optional[float] = None, gap_new: Optional[float] = None,
-               gap_J: Optional[float] = None, n: Optional[int] = None,
-               Delta_R_se: Optional[float] = None) -> Terms:
-    """Terms from the two complexity terms (M at f_new, K at f_J) and the measured gains."""
+               Delta_R_lower: Optional[float] = None, Delta_R_T_lower: Optional[float] = None,
+               Delta_R_clipped: Optional[int] = None, gap_new: Optional[float] = None,
+               gap_J: Optional[float] = None, n: Optional[int] = None) -> Terms:
+    """Terms from the two complexity terms (M at f_new, K at f_J) and the measured gains; every
+    event at the route's share delta/3 (`route_share`): eps_X is `epsilon` at 2 delta/3 (its two
+    sides at delta/3 together), Hoeffding one-sided at delta/3, Delta_R's lower bound at delta/3."""
     n = int(n if n is not None else M.n)
-    used, source = representational_gain(Delta_R, Delta_R_T, hoeffding_T, Delta_R_se, delta)
-    eps_M, eps_K = epsilon(M.at(n), c, n, delta, M.log_grid), epsilon(K.at(n), c, n, delta, K.log_grid)
+    share = route_share(delta)
+    used, source = representational_gain(Delta_R, Delta_R_T, Delta_R_lower, Delta_R_T_lower)
+    d_eps = 2.0 * share      # epsilon(.., d) and hoeffding(.., d) hold at d/2
+    eps_M, eps_K = epsilon(M.at(n), c, n, d_eps, M.log_grid), epsilon(K.at(n), c, n, d_eps, K.log_grid)
     heuristic = tuple(dict.fromkeys(M.heuristic + K.heuristic))
-    if source == "population":   # no standard error came with it: the Monte Carlo mean used as if exact
+    if "as if exact" in source:
         heuristic += ("Delta_R is a Monte Carlo estimate on the population sample, used as if exact (review I7)",)
+    if Delta_R_clipped:
+        heuristic += (f"Delta_R's lower bound clips {Delta_R_clipped} losses above c (c not a sup: B_h measured on S)",)
     return Terms(Delta_R=Delta_R, Delta_R_T=Delta_R_T, Delta_R_used=used, Delta_R_source=source,
                  Delta_ERM=float(Delta_ERM), R_M=M.at(n), R_K=K.at(n), eps_M=eps_M, eps_K=eps_K,
-                 hoeffding=hoeffding(c, n, delta), c=c, delta=delta, n=n, bound_name=M.name,
+                 hoeffding=hoeffding(c, n, d_eps), c=c, delta=delta, n=n, bound_name=M.name,
                  vacuous_M=2.0 * eps_M >= c, vacuous_K=2.0 * eps_K >= c,
-                 n_nonvacuous_M=n_nonvacuous(M.at(n), c, n, delta, R_at=M.at, log_grid=M.log_grid),
-                 n_nonvacuous_K=n_nonvacuous(K.at(n), c, n, delta, R_at=K.at, log_grid=K.log_grid),
-                 gap_new=gap_new, gap_J=gap_J, heuristic=heuristic, log_grid_M=M.log_grid, log_grid_K=K.log_grid)
+                 n_nonvacuous_M=n_nonvacuous(M.at(n), c, n, d_eps, R_at=M.at, log_grid=M.log_grid),
+                 n_nonvacuous_K=n_nonvacuous(K.at(n), c, n, d_eps, R_at=K.at, log_grid=K.log_grid),
+                 gap_new=gap_new, gap_J=gap_J, heuristic=heuristic, log_grid_M=M.log_grid, log_grid_K=K.log_grid,
+                 delta_each=share)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -423,7 +448,9 @@ def make_terms(*, M: ComplexityTerm, K: ComplexityTerm, c: float, delta: float, 
 
 @dataclass(frozen=True)
 class Route:
-    """One guarantee: L(f_new) <= bound w.p. >= 1 - delta, as a waterfall from L(f_old)."""
+    """One guarantee: L(f_new) <= bound w.p. >= 1 - delta (three events at delta/3: `level`), as a
+    waterfall from L(f_old). The verdict compares the bound with L(f_old) and needs no estimate of it;
+    the first bar is L(f_old)'s estimate (L_pop, or L_T on real data)."""
     name: str            # "A" | "B"
     bound: float
     verdict: str         # "strict" | "no_worse" | "not_certified"
@@ -432,6 +459,8 @@ class Route:
     cost: float          # what the gains must beat: 2(eps_M + eps_K) (B) or 2 eps_M + hoeffding (A)
     heuristic: tuple = ()          # steps that are not theorems: then the verdict is never "certified"
     arithmetic_verdict: str = ""   # what gain against cost alone says
+    level: str = ""                # the level it holds at and how delta is split (Terms.routes fills it)
+    guarantee: str = "finite-sample"   # every step is a finite-sample bound (none is a normal approximation)
 
     @property
     def valid(self) -> bool:
@@ -469,7 +498,8 @@ def route_b(L_old: float, Delta_R: float, Delta_ERM: float, eps_M: float, eps_K:
     """Route B [paper]: L(f_new) <= L(f_old) - Delta_R - Delta_ERM + 2 (eps_M + eps_K).
 
     L(f_new) <= L_S(f_new) + 2 eps_M = L_S(f_J) - Delta_ERM + 2 eps_M <= L(f_J) + 2 eps_K - Delta_ERM
-    + 2 eps_M, uniform over M and K (delta/2 each), so f_J may depend on S. Verdicts: strict iff
+    + 2 eps_M, uniform over M and K (delta/3 each, with Delta_R's lower bound the third delta/3:
+    `make_terms`), so f_J may depend on S. Verdicts: strict iff
     Delta_R + Delta_ERM > 2 (eps_M + eps_K); no_worse iff Delta_R + Delta_ERM >= 2 (eps_M + eps_K)
     (bound <= L(f_old)), which with Delta_R = 0 is the paper's degenerate-regime condition
     Delta_ERM >= 2 (eps_M + eps_K); otherwise not_certified. With any `heuristic` step the verdict
@@ -487,10 +517,11 @@ def route_b(L_old: float, Delta_R: float, Delta_ERM: float, eps_M: float, eps_K:
 
 def route_a(L_old: float, Delta_R: float, Delta_ERM: float, eps_M: float, hoeffding_term: float,
             heuristic: tuple = ()) -> Route:
-    """Route A: L(f_new) <= L(f_old) - Delta_R - Delta_ERM + 2 eps_M + c sqrt(log(2/delta)/(2n)).
+    """Route A: L(f_new) <= L(f_old) - Delta_R - Delta_ERM + 2 eps_M + c sqrt(log(3/delta)/(2n)).
 
     The uniform step over K is replaced by Hoeffding for the single function f_J
-    (L_S(f_J) <= L(f_J) + hoeffding, delta/2). Valid only if f_J does not depend on S. Verdicts as
+    (L_S(f_J) <= L(f_J) + hoeffding, one-sided at delta/3; eps_M and Delta_R take the other two
+    thirds: `make_terms`). Valid only if f_J does not depend on S. Verdicts as
     route B with cost 2 eps_M + hoeffding.
     """
     cost = 2.0 * eps_M + hoeffding_term

@@ -21,6 +21,8 @@ import torch.nn.functional as F
 
 from ..core.models import PostLNBlock, live_parameters_of
 from ..core.train import StackedSplits, per_sample_losses, risk
+from .bounds import route_share
+from .certificates import eb_upper
 from .kink import DescentTest, KinkSample, descent_test, one_sided_terms, split_halves, steepest_direction
 from .margins import live_gradients, normalised_branch
 
@@ -367,35 +369,46 @@ def jump_margins(f_old: nn.Module, f_J: nn.Module, T, population=None, delta: fl
 
     Both are paired differences on one sample, so their stderr is std_i(l_old,i - l_J,i)/sqrt(m)
     (much smaller than either risk's). With `loss_bound` c (every loss in [0, c], from the bounds
-    module), the per-sample difference lies in [-c, c] and Hoeffding gives, with probability
-    >= 1 - delta, |Delta_R^T - Delta_R| <= 2 c sqrt(log(2/delta) / (2 m)) (valid because f_J was
-    chosen on P, independent of T); Delta_R_T_lower = Delta_R^T minus that half-width.
+    module), the per-sample difference lies in [-c, c] and:
+    - Hoeffding gives, with probability >= 1 - delta, |Delta_R^T - Delta_R| <= 2 c sqrt(log(2/delta) / (2 m))
+      (valid because f_J was chosen on P, independent of T): `Delta_R_T_hoeffding`, shown;
+    - the routes' finite-sample lower bounds, at the route's share delta/3 (`bounds.route_share`):
+      empirical Bernstein (Maurer-Pontil, as the hold-out certificates) on the population sample
+      (`Delta_R_lower`) and on T (`Delta_R_T_lower`), D = min(l_old, c) - min(l_J, c) in [-c, c]
+      (`*_clipped` counts losses above c: 0 when c bounds every loss, i.e. mlp).
     Delta_R and its se are None without a population sample (real data). Also returned: the
     risks themselves, L_T_old, L_T_J, L_pop_old, L_pop_J. `losses`: per_sample_losses or a LossMemo.
     """
-    out = _paired(f_old, f_J, T, "Delta_R_T", losses)
+    share = route_share(delta)
+    out = _paired(f_old, f_J, T, "Delta_R_T", losses, loss_bound, share)
     m = len(T.y)
     out["m"] = m
     out["delta"] = delta
     out["Delta_R_T_hoeffding"] = None
-    out["Delta_R_T_lower"] = None
     if loss_bound is not None:
-        half = 2.0 * loss_bound * math.sqrt(math.log(2.0 / delta) / (2.0 * m))
-        out["Delta_R_T_hoeffding"] = half
-        out["Delta_R_T_lower"] = out["Delta_R_T"] - half
+        out["Delta_R_T_hoeffding"] = 2.0 * loss_bound * math.sqrt(math.log(2.0 / delta) / (2.0 * m))
+    out["Delta_R_lower_delta"] = share if loss_bound is not None else None
     if population is not None:
-        out.update(_paired(f_old, f_J, population, "Delta_R", losses))
+        out.update(_paired(f_old, f_J, population, "Delta_R", losses, loss_bound, share))
     else:
-        out.update({"Delta_R": None, "Delta_R_se": None, "L_pop_old": None, "L_pop_J": None})
+        out.update({"Delta_R": None, "Delta_R_se": None, "L_pop_old": None, "L_pop_J": None,
+                    "Delta_R_lower": None, "Delta_R_clipped": None})
     return out
 
 
-def _paired(f_old, f_J, split, name: str, losses: Callable = per_sample_losses) -> dict:
+def _paired(f_old, f_J, split, name: str, losses: Callable = per_sample_losses, c: Optional[float] = None,
+            share: float = 0.05) -> dict:
     old, _ = losses(f_old, split.x, split.y)
     new, _ = losses(f_J, split.x, split.y)
     diff = (old - new).double()
     m = len(diff)
     se = diff.std().item() / math.sqrt(m) if m > 1 else math.nan
     where = name.removeprefix("Delta_R").lstrip("_") or "pop"
-    return {name: diff.mean().item(), f"{name}_se": se,
-            f"L_{where}_old": old.double().mean().item(), f"L_{where}_J": new.double().mean().item()}
+    out = {name: diff.mean().item(), f"{name}_se": se,
+           f"L_{where}_old": old.double().mean().item(), f"L_{where}_J": new.double().mean().item(),
+           f"{name}_lower": None, f"{name}_clipped": None}
+    if c is not None and m > 1:   # lower bound on E D = -(upper bound on E(-D)), -D in [-c, c]
+        a, b = old.double().cpu().numpy(), new.double().cpu().numpy()
+        out[f"{name}_clipped"] = int((a > c).sum() + (b > c).sum())
+        out[f"{name}_lower"] = -eb_upper(np.clip(b, 0.0, c) - np.clip(a, 0.0, c), share, -c, c)
+    return out

@@ -186,7 +186,8 @@ def steepest_direction(sample: KinkSample) -> Steepest:
 class DescentTest:
     """"Descent observable" (theory.md 4b): d_hat chosen on P1, D_P2(d_hat) = mean of per-sample
     one-sided derivatives on P2, its standard error std/sqrt(n2), UCB = value + z_{1-delta} se;
-    observable iff UCB < 0. slope_in = D_P1(d_hat), in-sample and biased down (shown, never tested).
+    observable iff UCB < 0. Asymptotic (`ASYMPTOTIC`): the per-sample terms have no a-priori range,
+    so no finite-sample bound of the hold-out kind applies; the z-bound is a CLT statement. slope_in = D_P1(d_hat), in-sample and biased down (shown, never tested).
     probe_needed: the n_probe at which this slope and spread would make the UCB negative,
     n_P (z se / slope)^2 (None unless the slope is negative)."""
     slope_in: float
@@ -203,7 +204,7 @@ class DescentTest:
     def to_dict(self) -> dict:
         return {"slope_in": self.slope_in, "slope_cross": self.slope_cross, "slope_cross_se": self.se,
                 "slope_cross_ucb": self.ucb, "descent_observable": self.observable,
-                "probe_needed": self.probe_needed}
+                "probe_needed": self.probe_needed, "descent_bound": ASYMPTOTIC}
 
 
 def z_of(delta: float) -> float:
@@ -225,15 +226,31 @@ def descent_test(slope_in: float, terms_P2: Optional[torch.Tensor], n1: int, del
     return DescentTest(slope_in, value, se, ucb, ucb < 0, delta, n1, n2, needed, direction)
 
 
+ASYMPTOTIC = ("asymptotic: a normal (z) bound, value + z_{1-delta} se, valid as n_2 grows (CLT); "
+              "not a finite-sample guarantee")
+
+
 def best_of_positions(tests: dict[int, DescentTest], delta: float) -> dict:
     """Multiplicity: picking the best of K positions tests K hypotheses, so each is tested at
     delta / K (Bonferroni): under the global null "no position descends" the pick fires with
-    probability <= delta. Returns the position with the least corrected UCB and its verdict."""
-    K = max(len(tests), 1)
+    probability <= delta (asymptotically: each test is a z-bound). Returns the position with the
+    least corrected UCB and its verdict."""
+    return _best({k: (t.slope_cross, t.se) for k, t in tests.items()}, delta)
+
+
+def best_of_margin_dicts(margins: list, delta: float) -> dict:
+    """`best_of_positions` from stored margin entries (result.json's "margins": slope_cross and
+    slope_cross_se at each position), for results and cells that only have the dicts."""
+    return _best({m["position"]: (m.get("slope_cross"), m.get("slope_cross_se")) for m in margins}, delta)
+
+
+def _best(slopes: dict, delta: float) -> dict:
+    K = max(len(slopes), 1)
     z = z_of(delta / K)
-    ucbs = {k: t.slope_cross + z * t.se for k, t in tests.items() if math.isfinite(t.slope_cross)}
+    ucbs = {k: v + z * se for k, (v, se) in slopes.items()
+            if v is not None and se is not None and math.isfinite(v) and math.isfinite(se)}
+    out = {"positions": K, "delta_each": delta / K, "bound": ASYMPTOTIC}
     if not ucbs:
-        return {"positions": K, "delta_each": delta / K, "position": None, "ucb": None, "observable": False}
+        return out | {"position": None, "ucb": None, "observable": False}
     best = min(ucbs, key=ucbs.get)
-    return {"positions": K, "delta_each": delta / K, "position": best, "ucb": ucbs[best],
-            "observable": ucbs[best] < 0}
+    return out | {"position": best, "ucb": ucbs[best], "observable": ucbs[best] < 0}

@@ -73,10 +73,20 @@ def kl_inverse_upper(q: float, eps: float) -> float:
 
 
 def smoothed_loss(logits: torch.Tensor, y: torch.Tensor, alpha: float = ALPHA) -> torch.Tensor:
-    """-log((1 - alpha) softmax(z)_y + alpha / K): in [0, log(K / alpha)], per sample."""
+    """-log((1 - alpha) softmax(z)_y + alpha / K): in [0, log(K / alpha)], per sample. Computed in
+    float64 and clamped to that range (float32 rounding overshot C by 6e-8, and the bound's kl needs
+    every term inside [0, C]); returned in the logits' dtype, whose rounding stays inside the range."""
     K = logits.shape[1]
-    p = F.softmax(logits, dim=1).gather(1, y[:, None]).squeeze(1)
-    return -torch.log((1.0 - alpha) * p + alpha / K)
+    p = F.softmax(logits.double(), dim=1).gather(1, y[:, None]).squeeze(1)
+    C = math.log(K / alpha)
+    out = (-torch.log((1.0 - alpha) * p + alpha / K)).clamp(0.0, C)
+    return out if logits.dtype == torch.float64 else out.to(logits.dtype).clamp(0.0, _below(C, logits.dtype))
+
+
+def _below(C: float, dtype: torch.dtype) -> float:
+    """The largest number of `dtype` that is <= C (float32 rounds log(K/alpha) up, above C)."""
+    t = torch.tensor(C, dtype=dtype)
+    return float(t if float(t) <= C else torch.nextafter(t, torch.tensor(-math.inf, dtype=dtype)))
 
 
 def _noisy_linear(x, W, b, sigma, gen):
