@@ -135,6 +135,26 @@ def test_descent_observable_is_calibrated_under_the_self_label_null():
     assert all(f / reps <= limit for f in fired.values()), fired
 
 
+def test_descent_z_bound_is_calibrated_on_normal_terms_and_only_asymptotically_on_skewed_ones():
+    """The descent test's UCB is a z-bound (labelled asymptotic). On normal mean-zero per-sample terms
+    (n_2 = 200) it fires in at most delta + 3 se of 20,000 draws (0.0546: a test at 1.5 delta = 0.075
+    would fail this limit); on right-skewed mean-zero terms (Exp(1) - 1) it fires above that limit
+    at n_2 = 50 and less often at n_2 = 1000: a CLT statement, not a finite-sample guarantee."""
+    g = torch.Generator().manual_seed(1)
+    delta, reps = 0.05, 20_000
+    limit = delta + 3 * math.sqrt(delta * (1 - delta) / reps)
+    d = {"x": torch.zeros(1)}
+    normal = torch.randn(reps, 200, generator=g, dtype=torch.float64)
+    assert sum(descent_test(-1.0, t, 200, delta, d).observable for t in normal) / reps <= limit
+
+    def skewed_rate(n, draws):
+        terms = torch.empty(draws, n, dtype=torch.float64).exponential_(generator=g) - 1.0
+        return sum(descent_test(-1.0, t, n, delta, d).observable for t in terms) / draws
+    small, large = skewed_rate(50, 4000), skewed_rate(1000, 4000)
+    assert small > delta + 3 * math.sqrt(delta * (1 - delta) / 4000) and large < small
+    assert "asymptotic" in descent_test(-1.0, normal[0], 200, delta, d).to_dict()["descent_bound"]
+
+
 def test_bonferroni_best_of_positions_is_calibrated_under_a_global_null():
     """Picking the best of 4 null positions: the uncorrected best fires well above delta, the Bonferroni-corrected pick at most delta + 2 se (2000 simulated draws)."""
     g = torch.Generator().manual_seed(0)

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import statistics
 import threading
 import time
 from pathlib import Path
@@ -98,10 +99,15 @@ def test_cancelled_sweep_resumes_without_redoing_finished_cells(tmp_path, local)
     done = [r for r in store.list_runs(status="done") if r["name"] == "sweep:resume"]
     assert len(done) == 4 and {r["source"] for r in done} == {"sweep"}
 
-    for cell in second:  # the summary's best margin is the stored margins' largest lower bound
-        margins = store.get_run(cell["run_id"])["result"]["margins"]
-        best = max(margins, key=lambda m: m["kappa2_U_lcb"])
-        assert (cell["best_position"], cell["best_kappa2_U_lcb"]) == (best["position"], best["kappa2_U_lcb"])
+    for cell in second:  # the summary's best position: the corrected descent test (delta/K each), recomputed
+        result = store.get_run(cell["run_id"])["result"]
+        margins, K = result["margins"], len(result["margins"])
+        z = statistics.NormalDist().inv_cdf(1 - result["config"]["delta"] / K)
+        ucb = {m["position"]: m["slope_cross"] + z * m["slope_cross_se"] for m in margins}
+        best = min(ucb, key=ucb.get)
+        at = next(m for m in margins if m["position"] == best)
+        assert (cell["best_position"], cell["best_kappa2_U_lcb"]) == (best, at["kappa2_U_lcb"])
+        assert cell["best_observed"] == (ucb[best] < 0) and cell["best_delta_each"] == result["config"]["delta"] / K
 
     recording.configs.clear()  # a third run has nothing left to do
     assert [c["run_id"] for c in run_sweep(SPEC, recording, store, sweep_id="resume")] == \
