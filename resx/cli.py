@@ -220,7 +220,8 @@ def summary_table(result: dict, run_id: str, status: str | None = None) -> str:
     for key, route in (result.get("routes") or {}).items():
         if isinstance(route, dict):
             lines.append(f"route {key}: {route['verdict'].replace('_', ' ')}; bound {number(route['bound'])}, "
-                         f"cost {number(route['cost'])}")
+                         f"cost {number(route['cost'])}" + (f"; {route['guarantee']}, at {route['level']}"
+                                                             if route.get("level") else ""))
     beats = result.get("expansion_beats_control")
     if beats:
         lines.append(f"expanded against control: {beats['verdict']} ({beats['risk']} {beats['new']:.4f} against "

@@ -29,7 +29,9 @@ HELP = {"position": "insert the new block after this block (0 = right after the 
         "n": "training sample S", "n_probe": "probe sample P: chooses the jumpboard direction and step",
         "n_test": "test sample T", "finetune": "block: train only the new block; all: every parameter",
         "bound": "grs: Golowich-Rakhlin-Shamir 2018; bft: Bartlett-Foster-Telgarsky 2017",
-        "delta": "every certificate holds with probability at least 1 - delta (the three hold-out pairs together)",
+        "delta": "each certificate family holds with probability at least 1 - delta: the three hold-out pairs together "
+                 "(delta/3 each), the PAC-Bayes bound, and each route (delta/3 for each of its three steps); "
+                 "each badge of the descent tests is an asymptotic z-bound at delta",
         "m_cert": "at most this many fresh points for the hold-out certificates on synthetic tasks (as many as a "
                   "pilot predicts they need; real data use T)",
         "certify": "the certify step after fine-tuning: hold-out and PAC-Bayes certificates (off: certify later "

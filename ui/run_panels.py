@@ -44,7 +44,8 @@ def margin_panel(result: dict, config: dict):
         descent = ":green-badge[descent observable]"
     else:
         descent = ":orange-badge[descent not observable]"
-    st.markdown(f"Position **{chosen}**: {nonzero} {descent}")
+    level = f"asymptotic z-bounds at level 1 - {fmt(config.get('delta', 0.05), digits=3)} each"
+    st.markdown(f"Position **{chosen}**: {nonzero} {descent} ({level})")
     cols = st.columns(2) + st.columns(2)   # two rows: four metrics do not fit a half-width column
     cols[0].metric("$U_P$ (probe)", fmt(m["kappa2_U"], digits=3), help="one-sided lower bound " + fmt(m.get("kappa2_U_lcb")))
     cols[0].caption(f"± {fmt(m['kappa2_U_se'], digits=2)} (1 SE)")
@@ -59,12 +60,14 @@ def margin_panel(result: dict, config: dict):
     best = result.get("descent_best_position")
     multiple = ""
     if best and best.get("position") is not None:
-        multiple = (f" Best of {best['positions']} positions, each tested at delta/{best['positions']} (Bonferroni): "
-                    f"position {best['position']}, descent {'observable' if best['observable'] else 'not observable'}.")
+        multiple = (f" Best of {best['positions']} positions, each tested at delta/{best['positions']} (Bonferroni, "
+                    f"so the pick holds at 1 - delta; asymptotic): position {best['position']}, descent "
+                    f"{'observable' if best['observable'] else 'not observable'}.")
     st.caption("Gradient nonzero: the lower confidence bound of $U_P$ (an estimate of $\\|G\\|^2$) is above 0. Descent "
                "observable: the steepest one-sided direction chosen on half $P_1$ of the probe sample still descends "
                "on the other half $P_2$ (upper confidence bound of its slope below 0). For the resnet the block sits "
-               "at a ReLU kink, so a nonzero gradient does not mean that any direction descends." + multiple
+               "at a ReLU kink, so a nonzero gradient does not mean that any direction descends. Both bounds are "
+               "normal (z) bounds, value ± z se: asymptotic (CLT) statements, not finite-sample guarantees." + multiple
                + " The training margin is smaller because the old model was fit on S. "
                + theory_link("4b-descent-at-a-relu-kink-resnet"))
 
