@@ -6,9 +6,9 @@ theory-vs-experiment map and the allocation fit.
 """
 from __future__ import annotations
 
+import statistics
 from typing import Optional, Sequence
 
-from ..theory.kink import best_of_margin_dicts, z_of
 from . import paper as fp
 from .allocation import fit_allocation
 
@@ -26,7 +26,8 @@ def cell_from_result(result: dict) -> dict:
     improvement); inserted_* at the inserted position. best_position, best_observed: the corrected
     descent test over positions (theory.md 4b; each of K positions at delta/K, Bonferroni, as
     `descent_best_position`; an asymptotic z-bound), with best_kappa2_U_lcb U_P's bound there (shown);
-    positions_observed: how many positions pass that corrected descent test.
+    positions_observed: how many positions pass that corrected descent test. A result without
+    `descent_best_position` (older runs) has no best_* entries.
     """
     cfg = result["config"]
     cell = {"depth": cfg["depth"], "width": cfg["width"], "n": cfg["n"], "seed": cfg["seed"],
@@ -54,11 +55,10 @@ def cell_from_result(result: dict) -> dict:
     if at:
         cell.update(inserted_observed=at[0]["observed"], inserted_kappa2_U=at[0]["kappa2_U"],
                     inserted_kappa2_U_lcb=at[0]["kappa2_U_lcb"])
-    pick = result.get("descent_best_position") or (best_of_margin_dicts(result["margins"], cfg["delta"])
-                                                   if result.get("margins") else None)
+    pick = result.get("descent_best_position")    # the pipeline's corrected pick (kink.best_of_positions)
     if pick and pick.get("position") is not None:
         best = next((m for m in margins if m["position"] == pick["position"]), {})
-        z = z_of(pick["delta_each"])
+        z = statistics.NormalDist().inv_cdf(1.0 - pick["delta_each"])
         cell.update(best_position=pick["position"], best_kappa2_U_lcb=best.get("kappa2_U_lcb"),
                     best_observed=bool(pick["observable"]), best_slope_ucb=pick["ucb"],
                     positions_observed=sum(m["slope_cross"] + z * m["slope_cross_se"] < 0 for m in result["margins"]
