@@ -40,7 +40,7 @@ def test_lab_runs_the_default_preset_and_draws_every_panel(app_home):
     assert "preserved" in text and "gradient nonzero" in text.replace("not shown nonzero", "nonzero")
     assert "descent observable" in text or "descent not observable" in text
     assert "Did expansion lower the risk?" in text and "beat the control" not in text
-    assert "finite-sample" in text and "asymptotic" in text and "(delta/3)" in text   # every badge states its level
+    assert "finite-sample" in text and "asymptotic" in text and "1 - delta/3 = 0.9833" in text   # every badge states its level
     assert len(at.get("metric")) >= 6 and at.table        # margins (3) and the headline (3); the certificates table
     assert len(at.get("plotly_chart")) >= 5
     assert at.query_params["preset"] in ("demo-mlp", ["demo-mlp"])

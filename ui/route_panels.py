@@ -74,7 +74,7 @@ def statement_md(statement: str) -> str:
 
 def pair_level(p: dict) -> str:
     """A hold-out pair's level in words: its own delta and that it is finite-sample."""
-    return f"level 1 - {fmt(p['delta'], digits=3)} (delta/3), finite-sample"
+    return f"level 1 - delta/3 = {fmt(1 - p['delta'], digits=4)}, finite-sample"
 
 
 def headline_panel(result: dict):
@@ -181,7 +181,7 @@ def _level(row: dict, pairs: dict, pac: dict, routes: dict, hold: dict) -> str:
         p = pairs.get(row["certifies"])
         return pair_level(p) if p else f"delta/3 = {fmt(hold['delta_each'])} each, finite-sample"
     if row["kind"] == "PAC-Bayes":
-        return f"1 - {fmt(pac.get('delta'), digits=3)} (sigma grid paid), finite-sample"
+        return f"1 - delta = {fmt(1 - pac['delta'], digits=4) if pac.get('delta') else 'n/a'} (sigma grid paid), finite-sample"
     route = routes.get("A" if row["name"].startswith("route A") else "B") or {}
     return (f"{route['level']}, {route.get('guarantee', 'finite-sample')}" if route.get("level")
             else "1 - delta, finite-sample")

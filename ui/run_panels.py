@@ -44,7 +44,7 @@ def margin_panel(result: dict, config: dict):
         descent = ":green-badge[descent observable]"
     else:
         descent = ":orange-badge[descent not observable]"
-    level = f"asymptotic z-bounds at level 1 - {fmt(config.get('delta', 0.05), digits=3)} each"
+    level = f"asymptotic z-bounds, each at level 1 - delta = {fmt(1 - config.get('delta', 0.05), digits=4)}"
     st.markdown(f"Position **{chosen}**: {nonzero} {descent} ({level})")
     cols = st.columns(2) + st.columns(2)   # two rows: four metrics do not fit a half-width column
     cols[0].metric("$U_P$ (probe)", fmt(m["kappa2_U"], digits=3), help="one-sided lower bound " + fmt(m.get("kappa2_U_lcb")))
