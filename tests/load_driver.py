@@ -309,7 +309,8 @@ def drive(browser, server, urls: list[str], timeout_s: float, probe: bool = True
     prober = _Probe(server.url, report, probe_boost) if probe else None
     try:
         for url in urls:
-            ctx = browser.new_context(viewport={"width": 1300, "height": 900})
+            ctx = browser.new_context(viewport={"width": 1300, "height": 900},
+                                      extra_http_headers={"X-Resx-Session": str(len(pages))})  # ui.state.trace's name
             ctx.set_default_timeout(60_000)
             ctx.add_init_script(FINAL_WATCH)
             page = ctx.new_page()

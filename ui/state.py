@@ -67,3 +67,15 @@ def get_tasks() -> TaskRunner:
 
 def caps() -> OperatorCaps:
     return OperatorCaps.from_env()
+
+
+def trace(event: str, **fields) -> None:
+    """With $RESX_TRACE_LAB set to a file: one line per Lab script or fragment run (the load driver's
+    session, from its X-Resx-Session header), to follow a session that never showed its run's end."""
+    path = os.environ.get("RESX_TRACE_LAB")
+    if not path:
+        return
+    import time
+    who = (st.context.headers or {}).get("X-Resx-Session", "?")
+    with open(path, "a") as f:
+        f.write(f"{time.time():.3f} s{who} {event} " + " ".join(f"{k}={v}" for k, v in fields.items()) + "\n")

@@ -46,10 +46,12 @@ if run_pressed and cfg is not None:
 
 run_id = st.session_state["lab_run"] = st.query_params.get("run")
 if not run_id:
+    ui.trace("no-run", qs=",".join(st.query_params))
     st.info("Press **Run** to start. The run id goes into the URL, so a reload or a shared link reattaches.")
     st.stop()
 
 first = manager.snapshot(run_id)
+ui.trace("full", qs=",".join(st.query_params), run=run_id, first=first and first.status)
 if first is None:
     st.warning(f"No run {ui.plain(repr(run_id))} in the store. Start a new one, or pick one on the Runs page.")
     st.stop()
@@ -75,6 +77,7 @@ def panels_shown(snap) -> tuple:
 def status_line():
     """Queue position, progress or final status: small, so it can poll often."""
     snap = manager.snapshot(run_id) if first.is_active else first  # a finished run is read once
+    ui.trace("status_line", first=first.status, snap=snap.status, qs=",".join(st.query_params))
     if snap.status != first.status or panels_shown(snap) != panels_shown(first):
         st.rerun()  # queued -> running -> finished sets the new polling cadence; a new panel appears at once
     head, stop = st.columns([5, 1])
