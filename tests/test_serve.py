@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from browser_util import ROOT, free_port
-from resx.serve import lan_address
+from resx.runs.serve import lan_address
 
 
 def _listening_addresses(port: int) -> set[str]:

@@ -21,9 +21,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .core.config import ConfigError
+from ..core.config import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "app.py"
 DEFAULT_PORT = 8501
 START_TIMEOUT_S = 180.0
@@ -86,7 +86,7 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = START_TIMEOU
 
 
 def cmd_serve(args) -> int:
-    from .runs.classroom import check_code
+    from .classroom import check_code
 
     code = check_code(args.class_code) if args.class_code else None
     check_port(args.port, args.bind)
@@ -96,7 +96,7 @@ def cmd_serve(args) -> int:
     base = f"http://{address}:{args.port}"
     key = None
     if code:
-        from .runs.store import Store
+        from .store import Store
         with Store() as store:
             key = store.create_class(code, reissue=True)
     proc = subprocess.Popen(streamlit_command(args.port, args.bind), cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
