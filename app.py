@@ -37,6 +37,7 @@ with st.sidebar:
     @st.fragment(run_every=5.0)
     def job_count():
         st.write(f"{len(manager.active())} running or queued, {manager.workers} at a time")
+        ui.watchdog.check(page.url_path == "lab")  # the Lab's status line still polls, or the page reruns
 
     job_count()
     st.caption("resx explores arXiv 2605.08297: inserting a zero-initialised residual block "

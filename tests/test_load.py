@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from browser_util import Server
-from load_driver import drive, lab_url
+from load_driver import FINAL_WATCH, drive, lab_url
 from resx.core.config import DEFAULT_PRESET, PRESETS
 
 pytestmark = pytest.mark.browser
@@ -72,3 +72,34 @@ def test_six_identical_sessions_share_one_run(browser, server):
         assert store.cache_hits([run_id]) == {run_id: SESSIONS - 1}
         assert store.get_run(run_id)["config"] == PRESETS[DEFAULT_PRESET].to_dict()
         assert [r["id"] for r in store.list_runs() if r["config"] == PRESETS[DEFAULT_PRESET].to_dict()] == [run_id]
+
+
+# Every timer the page makes is noted (id, period), so the test can take the Lab status line's away:
+# its polls are 1.5 s (running) and 3 s (queued) (views/lab.py POLL_S); the sidebar's is 5 s.
+NOTE_TIMERS = """(() => { const real = window.setInterval.bind(window); window.__timers = [];
+  window.setInterval = (fn, ms, ...rest) => { const id = real(fn, ms, ...rest); window.__timers.push([id, ms]); return id; };
+})();"""
+LOSE_STATUS_POLL = """() => setInterval(() => window.__timers.filter(([id, ms]) => ms === 1500 || ms === 3000)
+  .forEach(([id]) => clearInterval(id)), 100)"""
+
+
+def test_a_page_whose_status_poll_is_lost_still_shows_done(browser, server):
+    """The lost session (issue 28): Streamlit can drop the messages of a script run that ended just as a
+    fragment's timer fired, and with them the status line's timer. Here the page loses that timer for
+    the whole run (every status-line timer the browser gets is cleared at once); the sidebar's watchdog
+    sees the status line stop polling, reruns the page, and the page shows done."""
+    ctx = browser.new_context(viewport={"width": 1300, "height": 900})
+    try:
+        ctx.add_init_script(NOTE_TIMERS)
+        ctx.add_init_script(FINAL_WATCH)
+        page = ctx.new_page()
+        page.goto(lab_url(server.url, {**TINY, "seed": 4242}))
+        page.get_by_role("button", name="Run", exact=True).wait_for(timeout=120_000)
+        page.evaluate(LOSE_STATUS_POLL)
+        page.get_by_role("button", name="Run", exact=True).click()
+        page.wait_for_function("() => window.__resxFinal", timeout=120_000)
+        assert page.evaluate("() => window.__resxFinal.status") == "done"
+        assert page.evaluate("() => window.__timers.filter(([id, ms]) => ms === 1500).length") > 0, \
+            "the status line never polled: nothing was taken away"
+    finally:
+        ctx.close()

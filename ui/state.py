@@ -76,6 +76,30 @@ def trace(event: str, **fields) -> None:
     if not path:
         return
     import time
+    _trace_dropped_messages(path)
     who = (st.context.headers or {}).get("X-Resx-Session", "?")
     with open(path, "a") as f:
         f.write(f"{time.time():.3f} s{who} {event} " + " ".join(f"{k}={v}" for k, v in fields.items()) + "\n")
+
+
+_TRACING_DROPS: list[str] = []
+
+
+def _trace_dropped_messages(path: str) -> None:
+    """Also note, once per process, each message Streamlit drops because it came from a ScriptRunner
+    that is no longer its session's current one (app_session logs these at debug level only)."""
+    if _TRACING_DROPS:
+        return
+    import logging
+    import time
+
+    class Dropped(logging.Handler):
+        def emit(self, record):
+            if "non-current ScriptRunner" in record.getMessage():
+                with open(path, "a") as f:
+                    f.write(f"{time.time():.3f} dropped {record.getMessage()}\n")
+
+    log = logging.getLogger("streamlit.runtime.app_session")
+    log.setLevel(logging.DEBUG)
+    log.addHandler(Dropped(logging.DEBUG))
+    _TRACING_DROPS.append(path)
