@@ -18,7 +18,7 @@ import resx  # noqa: F401  (torch is imported on the main thread before any work
 import resx.core.data  # noqa: F401
 import resx.figures.live  # noqa: F401
 from resx.core.config import OperatorCaps
-from resx.runs.jobs import JobManager, TaskRunner, default_workers
+from resx.runs.jobs import JobManager, TaskRunner, default_torch_threads, default_workers
 from resx.runs.store import Store
 from resx.runs.workers import WorkerPool
 
@@ -47,9 +47,10 @@ def get_manager() -> JobManager:
     store = Store()
     store.recover_interrupted()
     # the pipeline runs in worker processes (resx/runs/workers.py): no page can stall it. Each
-    # process gets cores // processes torch threads; the server process itself needs one.
+    # process gets cores // processes torch threads; the server process itself needs one. The cores are
+    # the affinity and cgroup quota's (usable_cores); RESX_WORKERS and RESX_TORCH_THREADS override.
     processes = default_workers()
-    pool = WorkerPool(processes, torch_threads=max(1, (os.cpu_count() or 1) // processes))
+    pool = WorkerPool(processes, torch_threads=default_torch_threads(processes))
     manager = JobManager(store, pool, workers=processes, torch_threads=1)
     MANAGERS.append(manager)
     atexit.register(manager.shutdown, wait=True, timeout=5)
