@@ -7,6 +7,9 @@ from ui.demo import apply_demo_settings
 # An emoji favicon is drawn in the page; a material icon would be fetched from fonts.gstatic.com
 # (the current page's icon is the favicon otherwise): no request leaves a server with no network.
 st.set_page_config(page_title="resx: depth expansion explorer", page_icon="🧪", layout="wide")
+# An uncaught error shows its type only, as .streamlit/config.toml says; set here as well because Community
+# Cloud forces client.showErrorDetails to "full" (tracebacks with the server's paths) over the config file.
+st.set_option("client.showErrorDetails", "type")
 DEMO = apply_demo_settings()  # RESX_DEMO=1: one job at a time, small caps, the Lesson first
 
 LAB = st.Page("views/lab.py", title="Lab", icon=":material/science:", url_path="lab")

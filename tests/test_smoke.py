@@ -44,3 +44,22 @@ def test_the_lowest_versions_tested_are_the_floors():
     for name, version in pins.items():
         floor = floors.get(name.lower())
         assert floor is not None and Version(floor) == Version(version), (name, version, floor)
+
+
+def test_an_uncaught_error_shows_no_traceback_even_when_the_host_forces_full_details(app_home, monkeypatch):
+    """Community Cloud sets client.showErrorDetails to "full"; app.py sets it back to "type": an error
+    the app did not catch shows its type, not its message (here a path) or its traceback."""
+    from streamlit import config
+
+    import ui
+
+    def broken():
+        raise RuntimeError("/secret/server/path")
+
+    config.set_option("client.showErrorDetails", "full")
+    monkeypatch.setattr(ui, "get_manager", broken)
+    at = AppTest.from_file("../app.py", default_timeout=120)
+    at.run()
+    assert at.exception, "the forced error did not happen"
+    shown = " ".join(str(e.value) + " ".join(e.stack_trace) for e in at.exception)
+    assert "/secret/server/path" not in shown and "Traceback" not in shown and "app.py" not in shown, shown
