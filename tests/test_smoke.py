@@ -63,3 +63,37 @@ def test_an_uncaught_error_shows_no_traceback_even_when_the_host_forces_full_det
     assert at.exception, "the forced error did not happen"
     shown = " ".join(str(e.value) + " ".join(e.stack_trace) for e in at.exception)
     assert "/secret/server/path" not in shown and "Traceback" not in shown and "app.py" not in shown, shown
+
+
+def test_the_community_cloud_entrypoint_runs_the_app(app_home, monkeypatch):
+    """cloud/streamlit_app.py (Cloud's main file, beside its own requirements.txt) opens the same pages."""
+    monkeypatch.setenv("RESX_DEMO", "1")
+    at = AppTest.from_file("../cloud/streamlit_app.py", default_timeout=120)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [t.value for t in at.title][:1] == ["Lesson: when does a new residual block help?"]  # the demo opens there
+    for page in ("views/lab.py", "views/class_board.py"):
+        at.switch_page(f"../{page}").run()
+        assert not at.exception, (page, [e.value for e in at.exception])
+        assert at.title, page
+
+
+def test_the_cloud_requirements_pin_every_root_requirement_within_its_bounds():
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    def reqs(path):
+        out = {}
+        for line in (ROOT / path).read_text().splitlines():
+            line = line.split("#")[0].strip()
+            if line and not line.startswith("-"):
+                r = Requirement(line)
+                out[r.name.lower()] = r
+        return out
+
+    root, cloud = reqs("requirements.txt"), reqs("cloud/requirements.txt")
+    assert set(root) <= set(cloud), f"not in cloud/requirements.txt: {sorted(set(root) - set(cloud))}"
+    for name, req in root.items():
+        (pin,) = [s for s in cloud[name].specifier if s.operator == "=="]
+        assert Version(Version(pin.version).public) in req.specifier, (name, pin.version, str(req.specifier))
+    assert str(cloud["torch"].specifier).endswith("+cpu") and str(cloud["torchvision"].specifier).endswith("+cpu")
