@@ -90,7 +90,7 @@ def aggregate_panel(runs: list[dict]):
         step_rows = [r for r in rows if r["step"] == key]
         judged = [r for r in step_rows if r["right"] is not None]
         if step_rows:
-            lines.append(f"- {i + 1}. {STEPS[i].title}: {len(step_rows)} prediction(s)"
+            lines.append(f"- Step {i + 1}, {STEPS[i].title.lower()}: {len(step_rows)} prediction(s)"
                          + (f", {sum(r['right'] for r in judged)} of {len(judged)} right" if judged else ", runs going"))
     st.markdown("\n".join(lines) if lines else "No predictions yet.")
 
