@@ -51,7 +51,9 @@ BROWSER_NICE = 0
 def _server(worker_nice: int | None = None):
     from browser_util import Server
     home = Path(tempfile.mkdtemp(prefix="resx-bench-load-"))
-    env = {} if worker_nice is None else {"RESX_WORKER_NICE": str(worker_nice)}
+    env = {"RESX_TRACE_LAB": str(home / "lab-trace.log")}  # ui.state.trace: kept when a session never finished
+    if worker_nice is not None:
+        env["RESX_WORKER_NICE"] = str(worker_nice)
     return Server(home=home, log_path=home / "streamlit.log").start(timeout=180, extra_env=env)
 
 
@@ -82,6 +84,10 @@ def scenario(name: str, sessions: int, probe: bool = True, worker_nice: int | No
                "browser_nice": browser_nice, "browser_boost": browser_boost, **report.summary(), "loadavg_before": [round(x, 2) for x in load_before],
                "loadavg_after": [round(x, 2) for x in os.getloadavg()],
                "exceptions": {str(k): v[:1] for k, v in report.errors.items()}, **_pipeline_seconds(server.home)}
+        if report.unfinished and screenshot is not None:  # the server's side of a session that never finished
+            for name in ("lab-trace.log", "streamlit.log"):
+                if (server.home / name).exists():
+                    shutil.copyfile(server.home / name, screenshot.with_suffix(f".{name}"))
         return out
     finally:
         server.stop()

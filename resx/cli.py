@@ -284,6 +284,8 @@ def make_parser() -> argparse.ArgumentParser:
     add_sweep_parser(sub)
     add_figures_parser(sub)
     add_assets_parser(sub)
+    from .runs.serve import add_serve_parser
+    add_serve_parser(sub)
     add_bench_parser(sub)
     return parser
 

@@ -52,6 +52,8 @@ class LoadReport:
     crashed: list[int] = field(default_factory=list)                # sessions whose renderer crashed
     js_errors: dict[int, list[str]] = field(default_factory=dict)   # session -> uncaught errors, console errors
     press_spread_s: float | None = None   # the last page's click after the common press moment, s
+    ws_frames: dict[int, list[float]] = field(default_factory=dict)  # session -> websocket frames in / out, times
+    ws_sent: dict[int, list[float]] = field(default_factory=dict)
 
     @property
     def all_done(self) -> bool:
@@ -77,6 +79,17 @@ class LoadReport:
                 "press_spread_s": None if self.press_spread_s is None else round(self.press_spread_s, 2),
                 "unfinished": {str(k): v for k, v in self.unfinished.items()}, "crashed": self.crashed,
                 "js_errors": {str(k): v[:3] for k, v in self.js_errors.items()}, "wall_s": round(self.wall_s, 1)}
+
+    def websocket_activity(self, session: int, now: float, window_s: float = 10.0) -> str:
+        """What a session's websocket did lately: frames the server sent and the page sent (each
+        fragment tick is one rerun request out, its deltas in) in the last `window_s`, and the age
+        of the last of each; a page whose timers stopped sends nothing."""
+        def part(times):
+            recent = sum(1 for t in times if t > now - window_s)
+            last = f"{now - times[-1]:.1f} s ago" if times else "never"
+            return f"{recent} in the last {window_s:g} s, last {last}"
+        return (f"websocket: from the server {part(self.ws_frames.get(session, []))}; "
+                f"from the page {part(self.ws_sent.get(session, []))}")
 
 
 def lab_url(base: str, params: dict) -> str:
@@ -278,6 +291,14 @@ def _console_error(errors: dict[int, list[str]], session: int, message) -> None:
         errors.setdefault(session, []).append(text)
 
 
+def _watch_socket(report: LoadReport, session: int, ws) -> None:
+    """Note the time of every frame on the session's Streamlit websocket, both ways."""
+    if "_stcore/stream" not in ws.url:
+        return
+    ws.on("framereceived", lambda _f: report.ws_frames.setdefault(session, []).append(time.monotonic()))
+    ws.on("framesent", lambda _f: report.ws_sent.setdefault(session, []).append(time.monotonic()))
+
+
 def drive(browser, server, urls: list[str], timeout_s: float, probe: bool = True,
           screenshot: Path | None = None, probe_boost: bool = False) -> LoadReport:
     """Open one session per URL, press Run in all at once, wait until each shows a final status
@@ -288,13 +309,15 @@ def drive(browser, server, urls: list[str], timeout_s: float, probe: bool = True
     prober = _Probe(server.url, report, probe_boost) if probe else None
     try:
         for url in urls:
-            ctx = browser.new_context(viewport={"width": 1300, "height": 900})
+            ctx = browser.new_context(viewport={"width": 1300, "height": 900},
+                                      extra_http_headers={"X-Resx-Session": str(len(pages))})  # ui.state.trace's name
             ctx.set_default_timeout(60_000)
             ctx.add_init_script(FINAL_WATCH)
             page = ctx.new_page()
             page.on("crash", lambda _page, i=len(pages): report.crashed.append(i))
             page.on("pageerror", lambda e, i=len(pages): report.js_errors.setdefault(i, []).append(f"uncaught: {e}"))
             page.on("console", lambda m, i=len(pages): _console_error(report.js_errors, i, m))
+            page.on("websocket", lambda ws, i=len(pages): _watch_socket(report, i, ws))
             page.goto(url)
             contexts.append(ctx)
             pages.append(page)
@@ -349,7 +372,8 @@ def drive(browser, server, urls: list[str], timeout_s: float, probe: bool = True
         for i, page in enumerate(pages):  # what a session that never finished shows
             if i not in report.statuses:
                 report.unfinished[i] = page.locator('[data-testid="stProgress"], [data-testid="stAlert"]').all_inner_texts()[:3] + [
-                    page.url.split("/", 3)[-1], page.evaluate("() => `body: ${document.body.innerText.length} chars`")]
+                    page.url.split("/", 3)[-1], page.evaluate("() => `body: ${document.body.innerText.length} chars`"),
+                    report.websocket_activity(i, time.monotonic())]
         if screenshot is not None and pages:  # a session that never finished, if any: what it shows
             unfinished = [page for i, page in enumerate(pages) if i not in report.statuses]
             full_screenshot((unfinished or pages)[-1], screenshot)  # the whole scrolled page

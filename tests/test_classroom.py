@@ -100,7 +100,7 @@ def test_a_closed_class_takes_no_runs_and_keeps_its_board(store):
     """After close_class, tag_run and join_class refuse; the runs already filed stay on the board."""
     run = store.create_run({"n": 1})
     store.tag_run(run, "CLOSE-ME", "ana")
-    store.close_class("CLOSE-ME")
+    store.close_class("CLOSE-ME", store.create_class("CLOSE-ME"))
     assert store.class_info("CLOSE-ME")["closed"]
     with pytest.raises(ValueError, match="closed"):
         store.tag_run(store.create_run({"n": 2}), "CLOSE-ME", "bo")
@@ -131,6 +131,43 @@ def test_a_version_1_store_migrates_and_keeps_its_runs(tmp_path):
         assert s.get_run("old-run")["status"] == "done"
         s.tag_run("old-run", "LATER", "ana", "preserve", "a lot")
         assert s.class_runs("LATER")[0]["id"] == "old-run"
+
+
+def test_a_teacher_key_is_random_stored_hashed_and_needed_to_close(store, tmp_path):
+    """create_class returns a fresh random key; the database holds its SHA-256 and never the key; a wrong
+    key or none cannot close the class (PermissionError, the class unchanged); the right one can."""
+    import hashlib
+
+    keys = [store.create_class(f"KEY-{i}") for i in range(3)]
+    assert len(set(keys)) == 3 and all(len(k) >= 20 for k in keys)
+    with sqlite3.connect(tmp_path / "resx.db") as conn:
+        stored = dict(conn.execute("SELECT code, key_hash FROM classes").fetchall())
+    assert stored["KEY-0"] == hashlib.sha256(keys[0].encode()).hexdigest()
+    assert not any(k in str(stored) for k in keys)
+    for wrong in (None, "", keys[1], keys[0][:-1] + ("A" if keys[0][-1] != "A" else "B")):
+        assert not store.check_teacher_key("KEY-0", wrong)
+        with pytest.raises(PermissionError, match="teacher key"):
+            store.close_class("KEY-0", wrong)
+        assert store.class_info("KEY-0")["closed"] is None
+    assert store.check_teacher_key("KEY-0", keys[0])
+    store.close_class("KEY-0", keys[0])
+    assert store.class_info("KEY-0")["closed"]
+
+
+def test_a_class_has_one_teacher_until_the_operator_reissues_its_key(store):
+    """A code students' links made first (no teacher yet) can be taken once; a second create is refused
+    and leaves the first key working; reissue (the operator's `serve --class`) replaces it."""
+    run = store.create_run({"n": 1})
+    store.tag_run(run, "EARLY", "ana")
+    assert not store.has_teacher("EARLY") and not store.check_teacher_key("EARLY", "anything")
+    first = store.create_class("EARLY")
+    assert store.has_teacher("EARLY")
+    with pytest.raises(ValueError, match="already has a teacher"):
+        store.create_class("EARLY")
+    assert store.check_teacher_key("EARLY", first)
+    second = store.create_class("EARLY", reissue=True)
+    assert store.check_teacher_key("EARLY", second) and not store.check_teacher_key("EARLY", first)
+    assert [r["id"] for r in store.class_runs("EARLY")] == [run]  # the board is kept
 
 
 def test_assignment_deals_every_value_before_any_repeats():

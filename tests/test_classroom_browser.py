@@ -24,6 +24,7 @@ from resx.runs.lesson import STEPS
 pytestmark = pytest.mark.browser
 RUN_MS = 300_000  # a wait, not a speed claim: the shared CI machine may be slow
 VERDICT = '[data-testid="stAlert"]:has-text("prediction was")'
+CLOSED_AT = re.compile(r"closed \d{4}-\d\d-\d\d \d\d:\d\d UTC")  # the board's status line once closed
 PAGES = ("lab", "lesson", "class", "signals", "scaling", "allocation", "runs", "theory")
 
 
@@ -140,12 +141,27 @@ def test_a_student_walks_the_whole_lesson(browser, demo, shots):
         ctx.close()
 
 
+def _create_class(browser, url: str, code: str):
+    """The teacher creates the class on the Class page; returns (context, page, the teacher's link)."""
+    ctx, pg = _page(browser)
+    pg.goto(f"{url}/class?class={code}")
+    wait_app_ready(pg)
+    pg.get_by_role("button", name=f"Create class {code}: I am its teacher").click()
+    pg.get_by_text("Keep your teacher's link").wait_for(timeout=30_000)
+    wait_settled(pg)
+    link = next(t.strip() for t in pg.locator('[data-testid="stCode"]').all_inner_texts() if "key=" in t)
+    assert link.startswith(f"{url}/class?") and f"class={code}" in link
+    assert "key=" not in pg.url  # the key is kept in the session, not shown in the address bar
+    return ctx, pg, link
+
+
 def test_three_students_on_one_class_board(browser, demo, shots):
-    """Three sessions with one class code (and a width each) run step 1; the board shows the three runs
-    with each student's prediction, the class's scaling picture, and exports them as CSV."""
+    """The teacher creates a class; three sessions with its code (and a width each) run step 1; the teacher's
+    board shows the three runs with each student's prediction, the class's scaling picture, and exports them as CSV."""
     link = "/lesson?class=TRIO-1&step=preserve&assign=width:8,16,32&hide=config,nav"
     step = STEPS[0]
-    sessions = []
+    ctx, board, teacher_link = _create_class(browser, demo.url, "TRIO-1")
+    sessions = [ctx]
     try:
         for i in range(3):
             ctx, pg = _page(browser)
@@ -153,11 +169,9 @@ def test_three_students_on_one_class_board(browser, demo, shots):
             pg.goto(f"{demo.url}{link}&student=student{i + 1}")
             wait_app_ready(pg)
             _predict_and_run(pg, i % len(step.choices))
-        for ctx in sessions:
+        for ctx in sessions[1:]:
             ctx.pages[0].locator(VERDICT).wait_for(timeout=RUN_MS)
-        ctx, board = _page(browser)
-        sessions.append(ctx)
-        board.goto(f"{demo.url}/class?class=TRIO-1")
+        board.goto(teacher_link)  # as on another browser: the link alone makes it the teacher's board
         wait_app_ready(board)
         board.get_by_text("3 student(s), 3 run(s)").wait_for(timeout=30_000)
         board.locator(PLOTLY).first.wait_for(timeout=30_000)  # Delta_R against the assigned widths
@@ -172,7 +186,56 @@ def test_three_students_on_one_class_board(browser, demo, shots):
         assert all(r["status"] == "done" and r["Delta_R"] for r in rows)
         board.get_by_text("Close the class").first.click()
         board.get_by_role("button", name="Close the class").click()
-        board.get_by_text(re.compile(r"\bclosed\b")).first.wait_for(timeout=30_000)
+        board.locator('[data-testid="stMarkdownContainer"]', has_text=CLOSED_AT).first.wait_for(timeout=30_000)
+    finally:
+        for ctx in sessions:
+            ctx.close()
+
+
+def test_without_the_teachers_key_a_session_cannot_close_the_class_or_see_names(browser, demo, shots):
+    """A class with a run filed by a named student: a session with the class link but no key, and one with
+    a wrong key (told so), see the class's aggregate but not the name, and have no export and no close;
+    the class stays open. The teacher's link, in a third session, shows the name and closes the class."""
+    from resx.runs.store import Store
+
+    code, name = "KEYS-1", "zelda-secret"
+    ctx_t, teacher, teacher_link = _create_class(browser, demo.url, code)
+    with Store(demo.home) as store:
+        run = store.create_run({"n": 1, "width": 8, "seed": 0}, source="test")
+        store.set_status(run, "running")
+        store.tag_run(run, code, name, "preserve", "a lot")
+    sessions = [ctx_t]
+    try:
+        for query, told in ((f"class={code}", False), (f"class={code}&key=not-the-key", True)):
+            ctx, pg = _page(browser)
+            sessions.append(ctx)
+            pg.goto(f"{demo.url}/class?{query}")
+            wait_app_ready(pg)
+            pg.get_by_text("1 student(s), 1 run(s)").wait_for(timeout=30_000)
+            pg.get_by_text("How the class predicted").wait_for(timeout=30_000)
+            wait_settled(pg)
+            assert name not in pg.content(), query  # nowhere in the page, drawn or not
+            assert (pg.get_by_text("does not open class").count() > 0) == told, query
+            assert pg.get_by_role("button", name="Close the class").count() == 0
+            assert pg.get_by_text("Close the class").count() == 0
+            assert pg.get_by_role("button", name="Export the board as CSV").count() == 0
+            assert not page_errors(pg), page_errors(pg)
+            full_screenshot(pg, shots / f"class_board_student{'_wrong_key' if told else ''}.png")
+        with Store(demo.home) as store:
+            assert store.class_info(code)["closed"] is None
+        teacher.goto(teacher_link)
+        wait_app_ready(teacher)
+        teacher.get_by_text("1 student(s), 1 run(s)").wait_for(timeout=30_000)
+        wait_settled(teacher)
+        teacher.wait_for_function(f"() => document.documentElement.outerHTML.includes({name!r})", timeout=30_000)
+        with teacher.expect_download() as info:
+            teacher.get_by_role("button", name="Export the board as CSV").click()
+        assert name in Path(info.value.path()).read_text()
+        teacher.get_by_text("Close the class").first.click()
+        teacher.get_by_role("button", name="Close the class").click()
+        teacher.locator('[data-testid="stMarkdownContainer"]', has_text=CLOSED_AT).first.wait_for(timeout=30_000)
+        with Store(demo.home) as store:
+            assert store.class_info(code)["closed"]
     finally:
         for ctx in sessions:
             ctx.close()

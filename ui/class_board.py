@@ -1,5 +1,6 @@
 """The class board's panels (design.md "Pages" 8): who predicted what, the spread of Delta_R across
-seeds, the class's scaling picture, CSV export, and closing the class."""
+seeds, the class's scaling picture, CSV export (the teacher's), and a student's own rows with the
+class's aggregate (what a session without the teacher's key sees: no other student's name)."""
 from __future__ import annotations
 
 import pandas as pd
@@ -78,3 +79,29 @@ def runs_panel(rows: list[dict], code: str):
                  hide_index=True, key="class_runs")
     st.download_button("Export the board as CSV", classroom.board_csv(rows), file_name=f"class-{code}.csv",
                        mime="text/csv", key="csv")
+
+
+def aggregate_panel(runs: list[dict]):
+    """How the class predicted, without names: per lesson step, how many predictions were right."""
+    rows = classroom.predictions(runs)
+    st.subheader("How the class predicted")
+    lines = []
+    for i, key in enumerate(STEP_KEYS):
+        step_rows = [r for r in rows if r["step"] == key]
+        judged = [r for r in step_rows if r["right"] is not None]
+        if step_rows:
+            lines.append(f"- Step {i + 1}, {STEPS[i].title.lower()}: {len(step_rows)} prediction(s)"
+                         + (f", {sum(r['right'] for r in judged)} of {len(judged)} right" if judged else ", runs going"))
+    st.markdown("\n".join(lines) if lines else "No predictions yet.")
+
+
+def own_panel(rows: list[dict]):
+    """The rows of this session's own runs (its student name, its run ids)."""
+    st.subheader("Your runs in this class")
+    if not rows:
+        st.caption("None yet: runs you start from the Lesson or the Lab with this class's link appear here.")
+        return
+    shown = [{**r, "Delta_R": fmt(r["Delta_R"], r["Delta_R_se"], digits=3) if r["Delta_R"] is not None else ""}
+             for r in rows]
+    st.dataframe(pd.DataFrame(shown, columns=[c for c in classroom.BOARD_COLUMNS if c not in ("Delta_R_se", "student")]),
+                 hide_index=True, key="own_runs")

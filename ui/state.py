@@ -18,7 +18,7 @@ import resx  # noqa: F401  (torch is imported on the main thread before any work
 import resx.core.data  # noqa: F401
 import resx.figures.live  # noqa: F401
 from resx.core.config import OperatorCaps
-from resx.runs.jobs import JobManager, TaskRunner, default_workers
+from resx.runs.jobs import JobManager, TaskRunner, default_torch_threads, default_workers
 from resx.runs.store import Store
 from resx.runs.workers import WorkerPool
 
@@ -47,9 +47,10 @@ def get_manager() -> JobManager:
     store = Store()
     store.recover_interrupted()
     # the pipeline runs in worker processes (resx/runs/workers.py): no page can stall it. Each
-    # process gets cores // processes torch threads; the server process itself needs one.
+    # process gets cores // processes torch threads; the server process itself needs one. The cores are
+    # the affinity and cgroup quota's (usable_cores); RESX_WORKERS and RESX_TORCH_THREADS override.
     processes = default_workers()
-    pool = WorkerPool(processes, torch_threads=max(1, (os.cpu_count() or 1) // processes))
+    pool = WorkerPool(processes, torch_threads=default_torch_threads(processes))
     manager = JobManager(store, pool, workers=processes, torch_threads=1)
     MANAGERS.append(manager)
     atexit.register(manager.shutdown, wait=True, timeout=5)
@@ -67,3 +68,39 @@ def get_tasks() -> TaskRunner:
 
 def caps() -> OperatorCaps:
     return OperatorCaps.from_env()
+
+
+def trace(event: str, **fields) -> None:
+    """With $RESX_TRACE_LAB set to a file: one line per Lab script or fragment run (the load driver's
+    session, from its X-Resx-Session header), to follow a session that never showed its run's end."""
+    path = os.environ.get("RESX_TRACE_LAB")
+    if not path:
+        return
+    import time
+    _trace_dropped_messages(path)
+    who = (st.context.headers or {}).get("X-Resx-Session", "?")
+    with open(path, "a") as f:
+        f.write(f"{time.time():.3f} s{who} {event} " + " ".join(f"{k}={v}" for k, v in fields.items()) + "\n")
+
+
+_TRACING_DROPS: list[str] = []
+
+
+def _trace_dropped_messages(path: str) -> None:
+    """Also note, once per process, each message Streamlit drops because it came from a ScriptRunner
+    that is no longer its session's current one (app_session logs these at debug level only)."""
+    if _TRACING_DROPS:
+        return
+    import logging
+    import time
+
+    class Dropped(logging.Handler):
+        def emit(self, record):
+            if "non-current ScriptRunner" in record.getMessage():
+                with open(path, "a") as f:
+                    f.write(f"{time.time():.3f} dropped {record.getMessage()}\n")
+
+    log = logging.getLogger("streamlit.runtime.app_session")
+    log.setLevel(logging.DEBUG)
+    log.addHandler(Dropped(logging.DEBUG))
+    _TRACING_DROPS.append(path)

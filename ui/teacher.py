@@ -3,7 +3,8 @@
 `?step=width&width=64&hide=seed,n&lock=width&class=PHYS-1&assign=width:8,16,32` fixes a lesson step
 and a configuration, hides controls (`hide=`), shows fields but locks them (`lock=`), and files the
 runs under a class code (`class=`, with the student's name in `student=` or typed on the page).
-The class code groups runs; it grants nothing.
+The class code groups runs and grants nothing; the teacher's link adds `key=` (the class's teacher key,
+made when the class is created): closing the class, exporting it and seeing names need it.
 """
 from __future__ import annotations
 
@@ -83,6 +84,35 @@ def student_name(code: str | None, where=st.sidebar) -> str | None:
     return name
 
 
+def teacher_key(code: str, store) -> bool:
+    """Whether this session is class `code`'s teacher. A `?key=` in the URL is checked against the
+    store's hash: a right one is kept in the session and taken out of the address bar (a board
+    projected in a classroom does not show it); a wrong one gets an error and the student view."""
+    keys = st.session_state.setdefault("teacher_keys", {})
+    given = st.query_params.get("key")
+    if given:
+        if store.check_teacher_key(code, given):
+            keys[code] = given
+            del st.query_params["key"]
+        else:
+            st.error(f"That teacher's key does not open class {code}: this is what its students see. "
+                     "Open the class with the teacher's link it was created with.")
+    return bool(keys.get(code)) and store.check_teacher_key(code, keys[code])
+
+
+def session_runs() -> set[str]:
+    """The runs this session started or was served, whose rows a student may see on the board."""
+    ss = st.session_state
+    mine = set(ss.get("my_runs", ())) | set(ss.get("served_from_cache", ())) | set(ss.get("class_filed", ()))
+    for started in ss.get("lesson_step_runs", {}).values():
+        mine |= set(started.get("ids", ()))
+    return mine | ({ss["lab_run"]} if ss.get("lab_run") else set())
+
+
+def remember_filed(run_id: str) -> None:
+    st.session_state.setdefault("class_filed", set()).add(run_id)
+
+
 def file_under_class(run_id: str, step: str = "lab", prediction: str = "") -> bool:
     """Tag a Lab run with the link's class code and the student's name; False when there is no
     class, no name yet, or the class is closed (then a caption says so)."""
@@ -97,11 +127,13 @@ def file_under_class(run_id: str, step: str = "lab", prediction: str = "") -> bo
     except (ValueError, ConfigError) as e:  # a closed class, or a name that is not allowed
         st.caption(f"Not filed on the class board: {e}")
         return False
+    remember_filed(run_id)
     return True
 
 
 def share_link(params: dict, page: str | None = None) -> str:
-    """An absolute link to `page` (this page when None) carrying `params`."""
+    """An absolute link to `page` (this page when None) carrying `params`, on the address this
+    browser used to reach the server (the LAN address `python -m resx serve` printed, in a class)."""
     base = st.context.url.split("?")[0] if st.context.url else ""
     if page:
         base = base.rsplit("/", 1)[0] + "/" + page
@@ -135,3 +167,13 @@ def link_builder(fields: tuple[str, ...], current: dict, page: str, steps: tuple
         with st.popover("Copy link for the class", icon=":material/content_copy:"):
             st.caption("The icon at the box's right copies the link.")
             st.code(link, language=None, wrap_lines=True)
+            local_address_note(link)
+
+
+def local_address_note(link: str) -> None:
+    """A link on localhost reaches only this machine: say so, and what to run for a room."""
+    from urllib.parse import urlsplit
+
+    if (urlsplit(link).hostname or "") in ("localhost", "127.0.0.1", "::1"):
+        st.caption(":orange[This link uses localhost: it opens only on this machine.] For a class, start the "
+                   "server with `python -m resx serve` and open the address it prints.")

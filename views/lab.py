@@ -6,7 +6,10 @@ from resx.core.config import RunConfig
 from resx.figures import live as plots
 from ui.shared_figures import LIVE_REDRAW_S, shared_figure
 
-POLL_S = {"queued": 3.0, "running": 1.5}  # seconds between status-line polls; a finished run: none
+# Seconds between status-line polls. A finished run's line still polls, slowly: its ticks are what
+# tells the sidebar's watchdog (ui.watchdog) that this page's timers are alive.
+POLL_S = {"queued": 3.0, "running": 1.5}
+FINISHED_POLL_S = 8.0
 PANELS_POLL_S = {"running": LIVE_REDRAW_S}  # the charts and panels of a running run (queued: nothing yet)
 
 st.title("Lab")
@@ -44,12 +47,15 @@ if run_pressed and cfg is not None:
         ui.config_to_url(cfg, preset)
         st.query_params["run"] = req.run_id
 
+ui.watchdog.lab_started()
 run_id = st.session_state["lab_run"] = st.query_params.get("run")
 if not run_id:
+    ui.trace("no-run", qs=",".join(st.query_params))
     st.info("Press **Run** to start. The run id goes into the URL, so a reload or a shared link reattaches.")
     st.stop()
 
 first = manager.snapshot(run_id)
+ui.trace("full", qs=",".join(st.query_params), run=run_id, first=first and first.status)
 if first is None:
     st.warning(f"No run {ui.plain(repr(run_id))} in the store. Start a new one, or pick one on the Runs page.")
     st.stop()
@@ -71,12 +77,14 @@ def panels_shown(snap) -> tuple:
     return (any(n == "loss" for n, _ in names), any(ph == "margins" for _, ph in names), tuple(sorted(snap.result or ())))
 
 
-@st.fragment(run_every=POLL_S.get(first.status))
+@st.fragment(run_every=POLL_S.get(first.status, FINISHED_POLL_S))
 def status_line():
-    """Queue position, progress or final status: small, so it can poll often."""
+    """Queue position, progress or final status: small, so it can poll often. It draws what it
+    reads (the final banner too) before it asks for the whole page's rerun, so the end shows at
+    the first poll that sees it even if that rerun's messages never reach the browser."""
+    ui.watchdog.lab_polled()
     snap = manager.snapshot(run_id) if first.is_active else first  # a finished run is read once
-    if snap.status != first.status or panels_shown(snap) != panels_shown(first):
-        st.rerun()  # queued -> running -> finished sets the new polling cadence; a new panel appears at once
+    ui.trace("status_line", first=first.status, snap=snap.status, qs=",".join(st.query_params))
     head, stop = st.columns([5, 1])
     if snap.status == "queued":
         head.info(f"Run `{run_id}` is queued: position {snap.queue_position} of {len(manager.active())} "
@@ -87,6 +95,8 @@ def status_line():
         ui.status_banner(head, snap)
     if snap.is_active and run_id in st.session_state.get("my_runs", ()) and stop.button("Stop run", key="stop", help="cancels the training job; the records so far are kept"):
         manager.cancel(run_id)
+    if snap.status != first.status or panels_shown(snap) != panels_shown(first):
+        st.rerun()  # queued -> running -> finished sets the new polling cadence; a new panel appears at once
 
 
 @st.fragment(run_every=PANELS_POLL_S.get(first.status))
@@ -165,4 +175,5 @@ def certify_later():
 status_line()
 if first.status == "done" and not ((first.result or {}).get("certificates") or {}).get("computed", True):
     certify_later()
+ui.watchdog.lab_drawn()  # from here on the sidebar's watchdog expects the status line to poll
 panels()

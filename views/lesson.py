@@ -48,6 +48,7 @@ if not started:
         if code and student and not closed:
             for run_id in ids:
                 manager.store.tag_run(run_id, code, student, step.key, step.choices[choice])
+                teacher.remember_filed(run_id)
         st.session_state["lesson_step_runs"][step.key] = {"config": lesson.config_key(cfg), "ids": ids}
         st.rerun()
     st.stop()

@@ -75,11 +75,86 @@ class JobSnapshot:
         return self.status in ACTIVE
 
 
+def usable_cores(root: Path | str = "/") -> int:
+    """The cores this process may use: its CPU affinity, capped by the CPU quota of its cgroup and the
+    cgroups above it (v2 `cpu.max`, v1 `cpu.cfs_quota_us` / `cpu.cfs_period_us`), rounded down, at least
+    1. A container given a fraction of a host (Community Cloud) has a quota; os.cpu_count() sees the
+    host. `root` is the filesystem root to read /proc and /sys/fs/cgroup under (tests use a fake tree)."""
+    root = Path(root)
+    try:
+        cores = len(os.sched_getaffinity(0)) if str(root) == "/" else os.cpu_count() or 1
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    quota = _cgroup_quota(root)
+    return max(1, min(cores, int(quota)) if quota is not None else cores)
+
+
+def _cgroup_quota(root: Path) -> float | None:
+    """The smallest quota/period along this process's cgroup paths, in cores; None when unlimited."""
+    try:
+        lines = (root / "proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    limits = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":  # v2: one unified hierarchy
+            base, files = root / "sys/fs/cgroup", ("cpu.max",)
+        elif "cpu" in controllers.split(","):
+            base = next((root / "sys/fs/cgroup" / d for d in ("cpu", "cpu,cpuacct", "cpuacct,cpu")
+                         if (root / "sys/fs/cgroup" / d).is_dir()), None)
+            if base is None:
+                continue
+            files = ("cpu.cfs_quota_us", "cpu.cfs_period_us")
+        else:
+            continue
+        here = base / path.lstrip("/")
+        for folder in (here, *here.parents):  # the limit of any ancestor applies too
+            limit = _read_limit(folder, files)
+            if limit is not None:
+                limits.append(limit)
+            if folder == base:
+                break
+    return min(limits) if limits else None
+
+
+def _read_limit(folder: Path, files: tuple[str, ...]) -> float | None:
+    try:
+        if len(files) == 1:
+            quota, period = (folder / files[0]).read_text().split()[:2]
+        else:
+            quota, period = ((folder / f).read_text().strip() for f in files)
+        if quota in ("max", "-1"):
+            return None
+        return int(quota) / int(period)
+    except (OSError, ValueError, ZeroDivisionError):
+        return None
+
+
+def _env_count(name: str) -> int | None:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+        if value < 1:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not allowed: a positive integer") from None
+    return value
+
+
 def default_workers() -> int:
-    """Worker count when none is asked for: the cores, capped by $RESX_MAX_JOBS."""
-    cores = os.cpu_count() or 1
+    """Worker count when none is asked for: $RESX_WORKERS, else the usable cores (usable_cores);
+    either capped by $RESX_MAX_JOBS."""
+    cores = _env_count("RESX_WORKERS") or usable_cores()
     cap = _env_cap()
     return min(cap, cores) if cap else cores
+
+
+def default_torch_threads(workers: int) -> int:
+    """Torch threads per worker: $RESX_TORCH_THREADS, else the usable cores shared among the workers."""
+    return _env_count("RESX_TORCH_THREADS") or max(1, usable_cores() // workers)
 
 
 def _env_cap() -> int | None:
@@ -153,7 +228,7 @@ class JobManager:
     def __init__(self, store: Store, runner: Runner, workers: int | None = None,
                  torch_threads: int | None = None, out_root: Path | None = None,
                  flush_seconds: float = 2.0, keep_finished: int = 64):
-        cores = os.cpu_count() or 1
+        cores = usable_cores()
         if workers is None:
             workers = default_workers() if torch_threads is None else max(1, cores // torch_threads)
         if workers < 1:

@@ -6,7 +6,8 @@ process, the command line) never wait for the writer. Tables: `meta` (schema ver
 `artifacts` (files a run wrote, with their sha256); since version 2, `cache_hits` (a request
 served by an existing identical run, cache.py) with `runs.cache_key`; since version 3, `classes`,
 `class_members` and `class_runs` (a class code groups runs, with each student's prediction; it grants
-nothing). Timestamps are ISO-8601 UTC strings.
+nothing); since version 4, `classes.key_hash` (the SHA-256 of the class's teacher key: closing it,
+exporting it and seeing its students' names need the key). Timestamps are ISO-8601 UTC strings.
 
 Threads: every thread gets its own connection (closed when the thread ends or on `close()`);
 writes within one process are serialised by a lock and run in `BEGIN IMMEDIATE` transactions, so
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import hmac
 import json
 import logging
 import math
@@ -38,7 +40,7 @@ from ..core.records import Record
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 STATUSES = ("queued", "running", "done", "failed", "cancelled", "diverged", "interrupted")
 ACTIVE_STATUSES = ("queued", "running")
 FINISHED_STATUSES = ("done", "failed", "cancelled", "diverged", "interrupted")
@@ -83,8 +85,13 @@ CREATE TABLE class_runs (
     PRIMARY KEY (run_id, code, step));
 CREATE INDEX class_runs_code ON class_runs(code);
 """
+# version 4 (issue 28): a class's teacher key, stored as its SHA-256 (the key is 128 random bits, so an
+# unsalted hash is as strong as a salted one); NULL for a class no teacher has taken yet.
+_V4 = """
+ALTER TABLE classes ADD COLUMN key_hash TEXT;
+"""
 # Migration k takes the schema from version k-1 to k; append, never edit a released one.
-MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3}
+MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3, 4: _V4}
 
 # Tokens of the Store objects open in this process; a run owned by this pid under a token not
 # in here was left behind by a Store that has been closed.
@@ -403,19 +410,51 @@ class Store:
         with open(path, "w", encoding="utf-8") as f:
             json.dump(doc, f, indent=1, default=_json_default)
 
-    # -- classes (a code groups runs; it grants nothing) ---------------------------------------
+    # -- classes (a code groups runs; its teacher's key opens its names, closing and export) ----
     def open_class(self, code: str) -> dict:
         """The class `code`, created open if it is new; returns {"code", "created", "closed"}."""
-        self._write(lambda c: c.execute("INSERT OR IGNORE INTO classes VALUES (?, ?, NULL)", (code, utc_now())))
+        self._write(lambda c: c.execute("INSERT OR IGNORE INTO classes (code, created, closed) VALUES (?, ?, NULL)", (code, utc_now())))
         return self.class_info(code)
 
     def class_info(self, code: str) -> dict | None:
         rows = self._query("SELECT code, created, closed FROM classes WHERE code = ?", (code,))
         return dict(zip(("code", "created", "closed"), rows[0])) if rows else None
 
-    def close_class(self, code: str) -> None:
-        """A closed class takes no more runs; its runs and board stay readable."""
-        self.open_class(code)
+    def create_class(self, code: str, reissue: bool = False) -> str:
+        """Give class `code` a teacher: a new random key, returned once and stored only as its hash.
+
+        A new code, or one no teacher has taken (made by a student's link, or before keys existed),
+        gets a key; one that has a teacher raises ValueError unless `reissue` (the server's operator,
+        `python -m resx serve --class CODE`), which replaces the key: the old teacher link stops working."""
+        key = secrets.token_urlsafe(16)
+
+        def claim(c):
+            c.execute("INSERT OR IGNORE INTO classes (code, created, closed) VALUES (?, ?, NULL)", (code, utc_now()))
+            taken = c.execute("SELECT key_hash FROM classes WHERE code = ?", (code,)).fetchone()[0]
+            if taken is not None and not reissue:
+                raise ValueError(f"class {code!r} already has a teacher: open it with the teacher's link, "
+                                 "or pick another code")
+            c.execute("UPDATE classes SET key_hash = ? WHERE code = ?", (_key_hash(key), code))
+        self._write(claim)
+        return key
+
+    def has_teacher(self, code: str) -> bool:
+        rows = self._query("SELECT key_hash IS NOT NULL FROM classes WHERE code = ?", (code,))
+        return bool(rows and rows[0][0])
+
+    def check_teacher_key(self, code: str, key: str | None) -> bool:
+        """Whether `key` is class `code`'s teacher key (compared in constant time); False for a class
+        with no teacher, an unknown class, or no key."""
+        rows = self._query("SELECT key_hash FROM classes WHERE code = ?", (code,))
+        if not key or not rows or rows[0][0] is None:
+            return False
+        return hmac.compare_digest(rows[0][0], _key_hash(key))
+
+    def close_class(self, code: str, key: str) -> None:
+        """A closed class takes no more runs; its runs and board stay readable. Needs the teacher's key
+        (PermissionError otherwise: nothing changes)."""
+        if not self.check_teacher_key(code, key):
+            raise PermissionError(f"that is not class {code!r}'s teacher key: the class stays as it is")
         self._write(lambda c: c.execute("UPDATE classes SET closed = ? WHERE code = ? AND closed IS NULL",
                                         (utc_now(), code)))
 
@@ -524,6 +563,10 @@ class RecordWriter:
 _RUN_KEYS = ("id", "status", "message", "config", "result", "source", "name", "owner",
              "created", "started", "finished")
 _RUN_COLUMNS = ", ".join(_RUN_KEYS)
+
+
+def _key_hash(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
 def _run_dict(row: tuple) -> dict:

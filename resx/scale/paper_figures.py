@@ -48,6 +48,11 @@ def find_browser() -> Optional[str]:
     return None
 
 
+def plotly_version() -> str:
+    import plotly
+    return plotly.__version__
+
+
 def write_pngs(figures: dict, out_dir: Path, width: int = 1100) -> dict:
     """Static PNGs of `figures` ({stem: Figure}) through kaleido, in one browser session.
 
@@ -59,7 +64,11 @@ def write_pngs(figures: dict, out_dir: Path, width: int = 1100) -> dict:
         import kaleido  # noqa: F401
         import plotly.io as pio
     except ImportError as e:
-        status["reason"] = f"kaleido is not installed ({e}); pip install 'kaleido>=1'"
+        status["reason"] = (f"kaleido is not installed ({e}): the PNG export is optional; "
+                            "pip install 'kaleido>=1' 'plotly>=6.1.1' (both in requirements-dev.txt)")
+        return status
+    if not hasattr(pio, "write_images"):  # plotly < 6.1: no kaleido 1.x support
+        status["reason"] = f"plotly {plotly_version()} cannot drive kaleido 1.x: pip install 'plotly>=6.1.1'"
         return status
     if status["browser"] is None:
         log.warning("no Chrome/Chromium on PATH and BROWSER_PATH unset; kaleido may still find its own copy")
