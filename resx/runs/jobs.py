@@ -158,16 +158,7 @@ def default_torch_threads(workers: int) -> int:
 
 
 def _env_cap() -> int | None:
-    raw = os.environ.get("RESX_MAX_JOBS", "").strip()
-    if not raw:
-        return None
-    try:
-        cap = int(raw)
-        if cap < 1:
-            raise ValueError
-    except ValueError:
-        raise ValueError(f"RESX_MAX_JOBS={raw!r} is not allowed: a positive integer") from None
-    return cap
+    return _env_count("RESX_MAX_JOBS")
 
 
 _torch_threads: int | None = None
