@@ -90,18 +90,8 @@ def upload_panel() -> str | None:
     with st.expander("Your own arrays (.npz)"):
         st.caption("An .npz holding X of shape (n, d), (n, H, W) or (n, C, H, W) and integer labels y (n,). "
                    "Read without unpickling; size-limited.")
-        upload = st.file_uploader("Upload .npz", type=["npz"], key="npz_upload")
-        if upload is not None:
-            try:
-                path = save_upload(upload.getvalue(), get_manager().store.home / "uploads")
-            except DataError as e:
-                st.error(f"The upload was not used: {e}")
-                return None
-            st.session_state["npz_path"] = str(path)
-        path = st.session_state.get("npz_path")
-        if path and st.checkbox("Train on the uploaded arrays", value=True, key="use_npz"):
-            return path
-    return None
+        return _kept_upload("Upload .npz", ["npz"], "npz", save_upload, "uploads", "The upload was not used",
+                            "Train on the uploaded arrays")
 
 
 def weights_panel() -> str | None:
@@ -117,18 +107,22 @@ def weights_panel() -> str | None:
                    f"Read without unpickling; at most {cap_mb} MB here (resnet18's is 45 MB; larger files: "
                    f"`python -m resx run --init-weights`). The old model starts from it; base training then "
                    f"runs `epochs` more (0: none).")
-        upload = st.file_uploader("Upload weights", type=["pt", "pth"], key="weights_upload")
-        if upload is not None:
-            try:
-                path = save_weights(upload.getvalue(), get_manager().store.home / "weights")
-            except DataError as e:
-                st.error(f"The weights were not used: {e}")
-                return None
-            st.session_state["init_weights"] = str(path)
-        path = st.session_state.get("init_weights")
-        if path and st.checkbox("Start from the uploaded weights", value=True, key="use_weights"):
-            return path
-    return None
+        return _kept_upload("Upload weights", ["pt", "pth"], "weights", save_weights, "weights",
+                            "The weights were not used", "Start from the uploaded weights")
+
+
+def _kept_upload(label: str, types: list, key: str, save, folder: str, refused: str, use: str) -> str | None:
+    """A file uploader whose file `save(bytes, RESX_HOME/folder)` validates and keeps (raising
+    DataError, shown as one line); the kept path stays in the session, offered by a checkbox."""
+    upload = st.file_uploader(label, type=types, key=f"{key}_upload")
+    if upload is not None:
+        try:
+            st.session_state[f"{key}_path"] = str(save(upload.getvalue(), get_manager().store.home / folder))
+        except DataError as e:
+            st.error(f"{refused}: {e}")
+            return None
+    path = st.session_state.get(f"{key}_path")
+    return path if path and st.checkbox(use, value=True, key=f"use_{key}") else None
 
 
 def config_form(current: RunConfig, npz_path: str | None = None,

@@ -349,14 +349,21 @@ def _digits_task(cfg: RunConfig) -> TaskData:
     bunch = load_digits()
     X = (np.asarray(bunch.images, dtype=np.float32)[:, None] / 16.0 - DIGITS_MEAN) / DIGITS_STD   # (1797, 1, 8, 8)
     y = np.asarray(bunch.target, dtype=np.int64)
+    S, P, T = _disjoint_splits(X, y, cfg, "digits_perm", "digits")
+    return TaskData("digits", S, P, T, 10, tuple(X.shape[1:]), None, None, is_image=True)
+
+
+def _disjoint_splits(X: np.ndarray, y: np.ndarray, cfg: RunConfig, stream: str, source: str
+                     ) -> tuple[Split, Split, Split]:
+    """S, P, T: disjoint parts (n, n_probe, n_test) of one permutation of the rows of `source`,
+    seeded by cfg.seed on `stream`; too few rows raise DataError saying how many there are."""
     need = cfg.n + cfg.n_probe + cfg.n_test
     if need > len(y):
-        raise DataError(f"digits: n + n_probe + n_test = {need} images requested but the dataset holds "
-                        f"{len(y)}; lower n, n_probe or n_test so that they sum to <= {len(y)}")
-    perm = torch.randperm(len(y), generator=stream_generator(cfg.seed, "digits_perm")).numpy()
+        raise DataError(f"{source}: n + n_probe + n_test = {need} rows requested but it holds {len(y)}; "
+                        f"lower n, n_probe or n_test so that they sum to <= {len(y)}")
+    perm = torch.randperm(len(y), generator=stream_generator(cfg.seed, stream)).numpy()
     cuts = np.split(perm[:need], [cfg.n, cfg.n + cfg.n_probe])
-    S, P, T = (Split(torch.from_numpy(X[i]), torch.from_numpy(y[i])) for i in cuts)
-    return TaskData("digits", S, P, T, 10, tuple(X.shape[1:]), None, None, is_image=True)
+    return tuple(Split(torch.from_numpy(X[i]), torch.from_numpy(y[i])) for i in cuts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -485,13 +492,7 @@ def npz_num_classes(path: str) -> int:
 def _npz_task(cfg: RunConfig) -> TaskData:
     """S, P, T: disjoint parts of one seeded permutation of the rows; X kept as given (float32)."""
     X, y = _npz_arrays(cfg.npz_path)
-    need = cfg.n + cfg.n_probe + cfg.n_test
-    if need > len(y):
-        raise DataError(f"{cfg.npz_path}: n + n_probe + n_test = {need} rows requested but the file "
-                        f"holds {len(y)}; lower n, n_probe or n_test so that they sum to <= {len(y)}")
-    perm = torch.randperm(len(y), generator=stream_generator(cfg.seed, "npz_perm")).numpy()
-    cuts = np.split(perm[:need], [cfg.n, cfg.n + cfg.n_probe])
-    S, P, T = (Split(torch.from_numpy(X[i]), torch.from_numpy(y[i])) for i in cuts)
+    S, P, T = _disjoint_splits(X, y, cfg, "npz_perm", cfg.npz_path)
     return TaskData("npz", S, P, T, int(y.max()) + 1, tuple(X.shape[1:]), None, None,
                     is_image=X.ndim == 4)
 
